@@ -1,0 +1,53 @@
+"""What one agent is told about its node and cluster."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SOCKET = Path("/run/gingham/agent.sock")
+DEFAULT_STATE_DIR = Path("/var/lib/gingham")
+DEFAULT_RUN_DIR = Path("/run/gingham")
+DEFAULT_BRIDGE = "cni0"
+DEFAULT_NETWORK_NAME = "gingham"
+CONFLIST_NAME = "10-gingham.conflist"
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    pod_subnet: ipaddress.IPv4Network
+    cluster_cidr: ipaddress.IPv4Network
+    socket_path: Path = DEFAULT_SOCKET
+    state_dir: Path = DEFAULT_STATE_DIR
+    run_dir: Path = DEFAULT_RUN_DIR
+    cni_conf_dir: Path | None = None
+    bridge: str = DEFAULT_BRIDGE
+    network_name: str = DEFAULT_NETWORK_NAME
+    mtu: int | None = None  # None: the uplink's MTU
+    iface: str | None = None  # None: the interface of the default route
+    public_ip: ipaddress.IPv4Address | None = None
+    ip_masq: bool = True
+    workers: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.pod_subnet.subnet_of(self.cluster_cidr):
+            raise ValueError(f"pod subnet {self.pod_subnet} is not inside {self.cluster_cidr}")
+        if self.pod_subnet.prefixlen > 30:
+            raise ValueError(f"pod subnet {self.pod_subnet} is too small (at most /30)")
+        if len(self.bridge) > 15:
+            raise ValueError(f"bridge name {self.bridge!r} is longer than 15 characters")
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.pod_subnet.network_address + 1}/"
+                                       f"{self.pod_subnet.prefixlen}")
+
+    @property
+    def ipam_dir(self) -> Path:
+        return self.state_dir / "ipam"
+
+    @property
+    def subnet_env(self) -> Path:
+        return self.run_dir / "subnet.env"

@@ -1,0 +1,1 @@
+"""The `gingham` command: thin click commands over library calls."""

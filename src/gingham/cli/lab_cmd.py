@@ -1,0 +1,216 @@
+"""`gingham lab ...`: build a cluster of namespaces, add pods to it, look inside, check it."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import sys
+
+import click
+
+from gingham.cli.agent_cmd import Network
+from gingham.lab.plan import DEFAULT_LAB, DEFAULT_POD_CIDR, check_lab_name
+
+RATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
+RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+PORT = re.compile(r"^(\d+):(\d+)(?:/(tcp|udp|sctp))?$")
+
+
+def lab_name_option(f):
+    return click.option("--name", "lab", default=DEFAULT_LAB, show_default=True,
+                        callback=lambda ctx, param, value: _lab_name(value),
+                        help="Which lab.")(f)
+
+
+def _lab_name(value: str) -> str:
+    try:
+        return check_lab_name(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _rate(value: str | None) -> int | None:
+    if value is None:
+        return None
+    found = RATE.match(value)
+    if not found:
+        raise click.BadParameter(f"{value!r} is not a rate like 100M (bits per second)")
+    return int(float(found.group(1)) * RATE_UNITS[found.group(2).lower()])
+
+
+def _port(value: str) -> dict:
+    found = PORT.match(value)
+    if not found or not all(0 < int(found.group(i)) < 65536 for i in (1, 2)):
+        raise click.BadParameter(f"{value!r} is not HOSTPORT:CONTAINERPORT[/tcp|udp|sctp]")
+    return {"hostPort": int(found.group(1)), "containerPort": int(found.group(2)),
+            "protocol": found.group(3) or "tcp"}
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, eq, val = value.partition("=")
+    if not eq or not key:
+        raise click.BadParameter(f"label {value!r} is not KEY=VALUE")
+    return key, val
+
+
+@click.group()
+def lab() -> None:
+    """A lab cluster made of network namespaces on this machine."""
+
+
+@lab.command()
+@lab_name_option
+@click.option("--nodes", type=click.IntRange(1, 200), default=1, show_default=True)
+@click.option("--pod-cidr", type=Network(), default=str(DEFAULT_POD_CIDR), show_default=True)
+def up(lab: str, nodes: int, pod_cidr: ipaddress.IPv4Network) -> None:
+    """Build the lab: underlay, nodes running the agent, external host."""
+    from gingham.lab import cluster
+    from gingham.lab.plan import LabPlan
+
+    plan = LabPlan.single_segment(lab, nodes, pod_cidr)
+    try:
+        cluster.up(plan)
+    except Exception:
+        click.echo(f"lab up failed; tearing down the half-built lab {lab}", err=True)
+        cluster.down(lab)
+        raise
+    for node in plan.nodes:
+        click.echo(f"{node.name}  {node.address.ip}  pods {node.pod_subnet}")
+    click.echo(f"external  {plan.external.address.ip}")
+
+
+@lab.command()
+@lab_name_option
+def down(lab: str) -> None:
+    """Remove every namespace, process and file of the lab (idempotent)."""
+    from gingham.lab import cluster
+
+    removed = cluster.down(lab)
+    click.echo(f"lab {lab}: removed {len(removed)} namespaces")
+
+
+@lab.command()
+@lab_name_option
+@click.option("--json", "as_json", is_flag=True)
+def status(lab: str, as_json: bool) -> None:
+    """Nodes, their agents and pods."""
+    from gingham.lab import cluster, procs
+    from gingham.lab.state import LabFiles
+
+    record = LabFiles(lab).load()
+    plan = cluster.plan_of(record)
+    nodes = [
+        {"name": n.name, "address": str(n.address.ip), "podSubnet": str(n.pod_subnet),
+         "agentPid": record.agents.get(n.name),
+         "agent": "running" if procs.is_alive(record.agents.get(n.name, 0) or 0) else "down",
+         "pods": sum(1 for p in record.pods.values() if p.node == n.name)}
+        for n in plan.nodes
+    ]
+    if as_json:
+        click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr), "nodes": nodes,
+                               "external": str(plan.external.address.ip)}, indent=2))
+        return
+    click.echo(f"lab {lab}: pod CIDR {plan.pod_cidr}, underlay {plan.underlay}, "
+               f"external {plan.external.address.ip}")
+    click.echo(_table([("NODE", "ADDRESS", "POD SUBNET", "AGENT", "PID", "PODS")] + [
+        (n["name"], n["address"], n["podSubnet"], n["agent"], str(n["agentPid"]),
+         str(n["pods"])) for n in nodes]))
+
+
+@lab.command()
+@lab_name_option
+@click.option("--json", "as_json", is_flag=True)
+def check(lab: str, as_json: bool) -> None:
+    """Ping every pod from every pod and node, and the external host from every pod."""
+    from gingham.lab import check as checks
+    from gingham.lab import cluster
+    from gingham.lab.state import LabFiles
+
+    record = LabFiles(lab).load()
+    results = checks.run_probes(checks.plan_probes(cluster.plan_of(record), record))
+    failed = sum(1 for r in results if not r.ok)
+    if as_json:
+        click.echo(json.dumps({"ok": failed == 0, "results": [r.to_json() for r in results]},
+                              indent=2))
+    else:
+        click.echo(checks.render_table(results))
+        click.echo(f"{len(results) - failed}/{len(results)} reachable")
+    sys.exit(1 if failed or not results else 0)
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
+@lab_name_option
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(lab: str, target: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in TARGET: a node, NAMESPACE/POD or `external`."""
+    from gingham.lab import cluster, procs
+
+    procs.exec_in(cluster.target_netns(lab, target), list(command))
+
+
+@lab.group()
+def pod() -> None:
+    """Pods: namespaces wired by exec'ing the CNI plugins as a runtime does."""
+
+
+@pod.command("add")
+@lab_name_option
+@click.argument("node")
+@click.argument("ref", metavar="NAMESPACE/POD")
+@click.option("--label", "labels", multiple=True, callback=lambda c, p, v: dict(map(_label, v)),
+              help="K=V, repeatable.")
+@click.option("--port", "ports", multiple=True, callback=lambda c, p, v: [_port(x) for x in v],
+              help="HOSTPORT:CONTAINERPORT[/PROTO] mapping on the node (portmap).")
+@click.option("--ingress-rate", help="Bandwidth limit into the pod, bits/s (e.g. 100M).")
+@click.option("--egress-rate", help="Bandwidth limit out of the pod, bits/s.")
+def pod_add(lab: str, node: str, ref: str, labels: dict, ports: list, ingress_rate: str | None,
+            egress_rate: str | None) -> None:
+    """Create a pod on NODE and print its IP."""
+    from gingham.lab import cluster
+
+    capabilities: dict = {}
+    if ports:
+        capabilities["portMappings"] = ports
+    ingress, egress = _rate(ingress_rate), _rate(egress_rate)
+    if ingress or egress:
+        capabilities["bandwidth"] = {k: v for k, v in {
+            "ingressRate": ingress, "ingressBurst": ingress and max(ingress // 8 // 10, 65536),
+            "egressRate": egress, "egressBurst": egress and max(egress // 8 // 10, 65536),
+        }.items() if v}
+    click.echo(cluster.add_pod(lab, node, ref, labels, capabilities).ip)
+
+
+@pod.command("del")
+@lab_name_option
+@click.argument("ref", metavar="NAMESPACE/POD")
+def pod_del(lab: str, ref: str) -> None:
+    """Remove a pod (CNI DEL through the chain, then its namespace)."""
+    from gingham.lab import cluster
+
+    cluster.delete_pod(lab, ref)
+
+
+@pod.command("list")
+@lab_name_option
+@click.option("--json", "as_json", is_flag=True)
+def pod_list(lab: str, as_json: bool) -> None:
+    """The lab's pods."""
+    from dataclasses import asdict
+
+    from gingham.lab.state import LabFiles
+
+    pods = sorted(LabFiles(lab).load().pods.values(), key=lambda p: p.ref)
+    if as_json:
+        click.echo(json.dumps([asdict(p) for p in pods], indent=2))
+        return
+    click.echo(_table([("POD", "NODE", "IP", "NETNS", "LABELS")] + [
+        (p.ref, p.node, p.ip or "-", p.netns,
+         ",".join(f"{k}={v}" for k, v in sorted(p.labels.items())) or "-") for p in pods]))
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)

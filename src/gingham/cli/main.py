@@ -1,0 +1,46 @@
+"""`gingham`: the root command group. Every failure is one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from gingham.cli.agent_cmd import agent, install_cni
+from gingham.cli.lab_cmd import lab
+
+# Failures a user can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, OSError)
+
+
+class Gingham(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except USER_ERRORS as err:
+            click.echo(f"gingham: error: {err}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Gingham, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
+def cli(verbose: bool) -> None:
+    """Gingham: a Kubernetes pod network, and a lab to run it in."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(agent)
+cli.add_command(install_cni)
+cli.add_command(lab)
+
+
+def main() -> None:
+    cli(prog_name="gingham")
+
+
+if __name__ == "__main__":
+    main()

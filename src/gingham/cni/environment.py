@@ -1,0 +1,65 @@
+"""The CNI_* variables of a plugin call, validated per command as the spec requires."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gingham.cni.spec import COMMANDS, INVALID_ENVIRONMENT, CniError
+
+# The runtime-facing rules of libcni/skel: container IDs and interface names.
+CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+MAX_IFNAME = 15
+
+REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "STATUS": (),
+    "GC": (),
+    "VERSION": (),
+}
+
+
+@dataclass(frozen=True)
+class PluginEnv:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: str = ""
+    path: tuple[str, ...] = ()
+
+
+def bad(msg: str, details: str = "") -> CniError:
+    return CniError(INVALID_ENVIRONMENT, msg, details)
+
+
+def check_ifname(name: str) -> None:
+    if not name or len(name) > MAX_IFNAME or name in (".", "..") or any(
+        c in name for c in "/: \t\n"
+    ):
+        raise bad("CNI_IFNAME is not a valid interface name", name)
+
+
+def parse_env(env: dict[str, str]) -> PluginEnv:
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise bad("CNI_COMMAND is missing or unknown", command)
+    missing = [key for key in REQUIRED[command] if not env.get(key)]
+    if missing:
+        raise bad(f"required environment variables missing: {', '.join(missing)}")
+    parsed = PluginEnv(
+        command=command,
+        container_id=env.get("CNI_CONTAINERID", ""),
+        netns=env.get("CNI_NETNS", ""),
+        ifname=env.get("CNI_IFNAME", ""),
+        args=env.get("CNI_ARGS", ""),
+        path=tuple(p for p in env.get("CNI_PATH", "").split(":") if p),
+    )
+    if parsed.container_id and not CONTAINER_ID.match(parsed.container_id):
+        raise bad("CNI_CONTAINERID has characters a container ID may not", parsed.container_id)
+    if "CNI_IFNAME" in REQUIRED[command]:
+        check_ifname(parsed.ifname)
+    return parsed
+

@@ -1,0 +1,88 @@
+"""The CNI plugin executable: a thin forwarder to the node's gingham agent.
+
+`gingham install-cni` writes this file as `gingham` and `gingham-ipam`, headed by the venv's
+python with -IS. A runtime execs it once per pod, so it imports only builtins: `json` or
+`socket` alone would double its start time. It never parses the config; it forwards the raw
+environment and stdin to the agent and prints the agent's raw answer. VERSION is answered here.
+"""
+
+import _socket
+import os
+import sys
+
+DEFAULT_SOCKET = b"/run/gingham/agent.sock"
+VERSION_ANSWER = b'{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}'
+KNOWN_COMMANDS = (b"ADD", b"DEL", b"CHECK", b"STATUS", b"GC")
+FORWARDED_ENV = (b"CNI_COMMAND", b"CNI_CONTAINERID", b"CNI_NETNS", b"CNI_IFNAME", b"CNI_ARGS",
+                 b"CNI_PATH")
+WIRE_MAGIC = b"GINGHAM/1"
+TRY_AGAIN_LATER = 11
+PLUGIN_NOT_AVAILABLE = 50
+INVALID_ENVIRONMENT = 4
+
+
+def string_field(data, key):
+    """The value of the first `"key": "..."` in raw JSON, or None if absent or escaped."""
+    at = data.find(b'"' + key + b'"')
+    if at < 0:
+        return None
+    rest = data[at + len(key) + 2:].lstrip()
+    if not rest.startswith(b":"):
+        return None
+    rest = rest[1:].lstrip()
+    end = rest.find(b'"', 1)
+    if not rest.startswith(b'"') or end < 0 or b"\\" in rest[1:end]:
+        return None
+    return rest[1:end]
+
+
+def json_text(raw):
+    return raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n")
+
+
+def fail(code, msg, details, version):
+    sys.stdout.buffer.write(
+        b'{"cniVersion":"%s","code":%d,"msg":"%s","details":"%s"}'
+        % (version, code, msg, json_text(details))
+    )
+    return 1
+
+
+def main():
+    env = os.environb
+    command = env.get(b"CNI_COMMAND", b"")
+    if command == b"VERSION":
+        sys.stdout.buffer.write(VERSION_ANSWER)
+        return 0
+    stdin = sys.stdin.buffer.read()
+    version = string_field(stdin, b"cniVersion") or b"1.1.0"
+    if command not in KNOWN_COMMANDS:
+        return fail(INVALID_ENVIRONMENT, b"CNI_COMMAND is missing or unknown", command, version)
+    role = b"ipam" if sys.argv[0].endswith("-ipam") else b"main"
+    fields = [b"%s=%s" % (key, env[key]) for key in FORWARDED_ENV if key in env]
+    request = b"\0".join([WIRE_MAGIC, role, *fields]) + b"\0\0" + stdin
+    path = string_field(stdin, b"agentSocket") or DEFAULT_SOCKET
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(300)
+        sock.connect(path)
+        sock.sendall(request)
+        sock.shutdown(_socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        sock.close()
+    except OSError as err:
+        code = PLUGIN_NOT_AVAILABLE if command == b"STATUS" else TRY_AGAIN_LATER
+        return fail(code, b"gingham agent unreachable", path + b": " + str(err).encode(), version)
+    reply = b"".join(chunks)
+    status, _, body = reply.partition(b"\n")
+    if not status.isdigit():
+        code = PLUGIN_NOT_AVAILABLE if command == b"STATUS" else TRY_AGAIN_LATER
+        return fail(code, b"gingham agent closed the call without an answer", path, version)
+    sys.stdout.buffer.write(body)
+    return int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Address management: host-local style ranges over a node's pod subnet."""

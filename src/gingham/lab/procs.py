@@ -1,0 +1,96 @@
+"""Processes inside a lab's namespaces: start them there, find them, stop them by PID.
+
+A child inherits the namespace of the thread that forks it, so running a command "in" a
+namespace is: step this thread in, spawn, step back. No `ip netns exec` mount games.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from gingham.dataplane import netns
+
+NETNS_DIR = Path("/run/netns")
+
+
+def netns_path(name: str) -> str:
+    return str(NETNS_DIR / name)
+
+
+def run_in(ns: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    with netns.entered(netns_path(ns)):
+        return subprocess.run(argv, **kwargs)
+
+
+def popen_in(ns: str, argv: list[str], **kwargs) -> subprocess.Popen:
+    with netns.entered(netns_path(ns)):
+        return subprocess.Popen(argv, **kwargs)
+
+
+def exec_in(ns: str, argv: list[str]) -> None:
+    """Replace this (single-threaded) process with `argv` inside the namespace."""
+    netns.setns(netns.open_netns(netns_path(ns)))
+    os.execvp(argv[0], argv)
+
+
+def list_netns(prefix: str) -> list[str]:
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """Every process whose network namespace is `ns` (what `ip netns pids` prints)."""
+    try:
+        target = os.stat(netns_path(ns))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            found.append(int(entry.name))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours still "exists"; it is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def stop_pids(pids: list[int], grace: float = 3.0) -> None:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL what is left."""
+    alive = list(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [p for p in alive if is_alive(p)]
+        if not alive:
+            break
+    for pid in pids:  # reap those that were our own children
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass

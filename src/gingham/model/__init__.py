@@ -1,0 +1,1 @@
+"""Typed configuration and resources; parsing only, no I/O."""
