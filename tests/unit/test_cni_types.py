@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_shim_finds_string_fields_without_json(raw, want):
 
 def test_shim_imports_nothing_heavy():
     """The shim is exec'd per pod: json or socket would double its start time."""
-    source = open(shim.__file__).read()
+    source = Path(shim.__file__).read_text()
     imports = {line.split()[1] for line in source.splitlines()
                if line.startswith(("import ", "from "))}
     assert imports <= {"_socket", "os", "sys"}

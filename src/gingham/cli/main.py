@@ -10,18 +10,23 @@ import click
 from gingham.cli.agent_cmd import agent, install_cni
 from gingham.cli.lab_cmd import lab
 
-# Failures a user can cause; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, OSError)
+log = logging.getLogger("gingham.cli")
+# Errors whose message already says what went wrong; others get their type named too.
+SELF_EXPLAINING: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, OSError)
 
 
 class Gingham(click.Group):
+    """Every failure is one line and exit 1; --verbose adds the traceback for bug reports."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except USER_ERRORS as err:
-            click.echo(f"gingham: error: {err}", err=True)
+        except Exception as err:
+            log.debug("traceback", exc_info=True)
+            what = str(err) if isinstance(err, SELF_EXPLAINING) else f"{type(err).__name__}: {err}"
+            click.echo(f"gingham: error: {what}", err=True)
             sys.exit(1)
 
 

@@ -1,0 +1,1 @@
+"""The cluster datastore: one contract (contract.py), two backends (etcd, embedded SQLite)."""

@@ -1,0 +1,101 @@
+"""What every datastore backend offers: etcd v3's model, cut to what Gingham needs.
+
+Keys are strings, values bytes. Every change bumps one store-wide revision; each key
+remembers the revision that created it and the one that last modified it. Compare-and-swap
+is on the modification revision (0 meaning "absent"). Leases expire after a TTL unless
+kept alive, and take their keys with them. A watch streams every change under a prefix
+from a given revision on, so a watcher that resumes at last-seen + 1 misses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+PUT = "PUT"
+DELETE = "DELETE"
+
+
+class StoreError(RuntimeError):
+    """A request the store understood and refused, or an answer that makes no sense."""
+
+
+class StoreUnavailable(StoreError):
+    """No endpoint answered (down, unreachable, wrong credentials)."""
+
+
+class LeaseNotFound(StoreError):
+    """The lease expired or was revoked."""
+
+
+class Compacted(StoreError):
+    """The watch's start revision is older than the store keeps history for."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # PUT or DELETE
+    key: str
+    value: bytes  # empty for DELETE
+    revision: int  # the revision of this change
+
+
+class Watch(Protocol):
+    def __iter__(self) -> Iterator[Event]: ...
+
+    def cancel(self) -> None:
+        """End the iteration, from any thread."""
+        ...
+
+
+class Store(Protocol):
+    def get(self, key: str) -> KeyValue | None: ...
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under prefix, sorted, and the store revision they were read at."""
+        ...
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write unconditionally; returns the new revision."""
+        ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def compare_and_swap(self, key: str, value: bytes, mod_revision: int,
+                         lease: int = 0) -> bool:
+        """Write only if the key's modification revision is `mod_revision` (0: absent)."""
+        ...
+
+    def compare_and_delete(self, key: str, mod_revision: int) -> bool: ...
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; returns its ID."""
+        ...
+
+    def keepalive(self, lease: int) -> int:
+        """Renew the lease to its full TTL; returns the TTL. Raises LeaseNotFound."""
+        ...
+
+    def revoke(self, lease: int) -> None: ...
+
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        """Events under prefix from start_revision on. Iterating blocks; it ends when the
+        watch is cancelled and raises StoreUnavailable on a disconnect, Compacted if
+        start_revision is no longer kept."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,251 @@
+"""The embedded datastore: one SQLite file shared by every process of a host.
+
+It keeps etcd's model (store-wide revision, per-key create/mod revisions, leases, an event
+log for watches) in four tables. Writers serialise on SQLite's write lock (BEGIN
+IMMEDIATE, WAL mode); watchers poll the revision counter and read the log past what they
+have seen. Expired leases are reaped by whichever process touches the store next, so no
+daemon is needed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from gingham.store.contract import (
+    DELETE,
+    PUT,
+    Compacted,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    StoreUnavailable,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (rev INTEGER PRIMARY KEY, type TEXT NOT NULL,
+    key TEXT NOT NULL, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL,
+    expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compacted', 0);
+"""
+POLL_INTERVAL = 0.02
+LOG_KEEP = 100_000  # revisions of history kept for watchers that fall behind
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with prefix."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
+
+
+class EmbeddedStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._closed = threading.Event()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db().executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as err:
+            raise StoreUnavailable(f"embedded store {path}: {err}") from err
+
+    # -- connections and transactions ---------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    class _Txn:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, kind, value, tb) -> None:
+            self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+    def _write(self) -> _Txn:
+        return self._Txn(self._db())
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, kind: str, key: str, value: bytes) -> int:
+        (rev,) = db.execute("SELECT value + 1 FROM meta WHERE name='revision'").fetchone()
+        db.execute("UPDATE meta SET value=? WHERE name='revision'", (rev,))
+        db.execute("INSERT INTO log VALUES (?, ?, ?, ?)", (rev, kind, key, value))
+        if rev % 1000 == 0:
+            db.execute("DELETE FROM log WHERE rev <= ?", (rev - LOG_KEEP,))
+            db.execute("UPDATE meta SET value=max(value, ?) WHERE name='compacted'",
+                       (rev - LOG_KEEP,))
+        return rev
+
+    def _reap(self, db: sqlite3.Connection) -> None:
+        """Drop expired leases and their keys (inside a write transaction)."""
+        now = time.time()
+        for (lease,) in db.execute("SELECT id FROM leases WHERE expires < ?", (now,)).fetchall():
+            self._revoke(db, lease)
+
+    def _revoke(self, db: sqlite3.Connection, lease: int) -> None:
+        keys = db.execute("SELECT key FROM kv WHERE lease=? ORDER BY key", (lease,)).fetchall()
+        for (key,) in keys:
+            db.execute("DELETE FROM kv WHERE key=?", (key,))
+            self._bump(db, DELETE, key, b"")
+        db.execute("DELETE FROM leases WHERE id=?", (lease,))
+
+    def _reap_if_due(self) -> None:
+        db = self._db()
+        (due,) = db.execute("SELECT min(expires) FROM leases").fetchone()
+        if due is not None and due < time.time():
+            with self._write() as wdb:
+                self._reap(wdb)
+
+    # -- reads --------------------------------------------------------------------------
+
+    @staticmethod
+    def _kv(row) -> KeyValue:
+        return KeyValue(row[0], bytes(row[1]), row[2], row[3], row[4])
+
+    def get(self, key: str) -> KeyValue | None:
+        self._reap_if_due()
+        row = self._db().execute("SELECT * FROM kv WHERE key=?", (key,)).fetchone()
+        return self._kv(row) if row else None
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        self._reap_if_due()
+        db = self._db()
+        db.execute("BEGIN")  # one snapshot for the rows and the revision
+        try:
+            rows = db.execute("SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                              (prefix, prefix_end(prefix))).fetchall()
+            (rev,) = db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        finally:
+            db.execute("COMMIT")
+        return [self._kv(r) for r in rows], rev
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _set(self, db: sqlite3.Connection, key: str, value: bytes, lease: int) -> int:
+        if lease and not db.execute("SELECT 1 FROM leases WHERE id=?", (lease,)).fetchone():
+            raise LeaseNotFound(f"lease {lease:x} not found")
+        rev = self._bump(db, PUT, key, value)
+        db.execute(
+            "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "value=excluded.value, mod_rev=excluded.mod_rev, lease=excluded.lease",
+            (key, value, rev, rev, lease))
+        return rev
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        with self._write() as db:
+            self._reap(db)
+            return self._set(db, key, value, lease)
+
+    def compare_and_swap(self, key: str, value: bytes, mod_revision: int,
+                         lease: int = 0) -> bool:
+        with self._write() as db:
+            self._reap(db)
+            row = db.execute("SELECT mod_rev FROM kv WHERE key=?", (key,)).fetchone()
+            if (row[0] if row else 0) != mod_revision:
+                return False
+            self._set(db, key, value, lease)
+            return True
+
+    def delete(self, key: str) -> bool:
+        with self._write() as db:
+            self._reap(db)
+            if db.execute("DELETE FROM kv WHERE key=?", (key,)).rowcount == 0:
+                return False
+            self._bump(db, DELETE, key, b"")
+            return True
+
+    def compare_and_delete(self, key: str, mod_revision: int) -> bool:
+        with self._write() as db:
+            self._reap(db)
+            if db.execute("DELETE FROM kv WHERE key=? AND mod_rev=?",
+                          (key, mod_revision)).rowcount == 0:
+                return False
+            self._bump(db, DELETE, key, b"")
+            return True
+
+    # -- leases -------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        with self._write() as db:
+            cur = db.execute("INSERT INTO leases (ttl, expires) VALUES (?, ?)",
+                             (ttl, time.time() + ttl))
+            return int(cur.lastrowid or 0)
+
+    def keepalive(self, lease: int) -> int:
+        with self._write() as db:
+            self._reap(db)
+            row = db.execute("SELECT ttl FROM leases WHERE id=?", (lease,)).fetchone()
+            if row is None:
+                raise LeaseNotFound(f"lease {lease:x} not found")
+            db.execute("UPDATE leases SET expires=? WHERE id=?", (time.time() + row[0], lease))
+            return int(row[0])
+
+    def revoke(self, lease: int) -> None:
+        with self._write() as db:
+            self._revoke(db, lease)
+
+    # -- watch --------------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int) -> SqliteWatch:
+        return SqliteWatch(self, prefix, start_revision)
+
+    def _events_after(self, prefix: str, after: int) -> tuple[list[Event], int]:
+        """Events past `after`, and the revision they are complete up to (one snapshot, so
+        a commit between the two reads cannot be skipped)."""
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            (compacted,) = db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()
+            if after < compacted:
+                raise Compacted(compacted + 1)
+            rows = db.execute(
+                "SELECT rev, type, key, value FROM log WHERE rev > ? AND key >= ? AND key < ? "
+                "ORDER BY rev", (after, prefix, prefix_end(prefix))).fetchall()
+            (rev,) = db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        finally:
+            db.execute("COMMIT")
+        return [Event(t, k, bytes(v), r) for r, t, k, v in rows], rev
+
+    def close(self) -> None:
+        self._closed.set()
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class SqliteWatch:
+    def __init__(self, store: EmbeddedStore, prefix: str, start_revision: int) -> None:
+        self.store, self.prefix, self.seen = store, prefix, start_revision - 1
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __iter__(self) -> Iterator[Event]:
+        while not (self._cancelled.is_set() or self.store._closed.is_set()):
+            try:
+                self.store._reap_if_due()
+                events, rev = self.store._events_after(self.prefix, self.seen)
+            except sqlite3.Error as err:
+                raise StoreUnavailable(f"embedded store {self.store.path}: {err}") from err
+            for event in events:
+                self.seen = event.revision
+                yield event
+            self.seen = max(self.seen, rev)
+            self._cancelled.wait(POLL_INTERVAL)
