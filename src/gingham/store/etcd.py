@@ -10,6 +10,7 @@ are left out (a failed txn has no `succeeded`, an expired lease no `TTL`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
@@ -264,10 +265,8 @@ class EtcdWatch:
         self._cancelled.set()
         conn = self._conn
         if conn is not None and conn.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _open(self) -> http.client.HTTPResponse:
         body = json.dumps({"create_request": {

@@ -45,8 +45,9 @@ def prefix_end(prefix: str) -> str:
 
 
 class EmbeddedStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log_keep: int = LOG_KEEP) -> None:
         self.path = path
+        self.log_keep = log_keep
         self._local = threading.local()
         self._closed = threading.Event()
         try:
@@ -80,15 +81,14 @@ class EmbeddedStore:
     def _write(self) -> _Txn:
         return self._Txn(self._db())
 
-    @staticmethod
-    def _bump(db: sqlite3.Connection, kind: str, key: str, value: bytes) -> int:
+    def _bump(self, db: sqlite3.Connection, kind: str, key: str, value: bytes) -> int:
         (rev,) = db.execute("SELECT value + 1 FROM meta WHERE name='revision'").fetchone()
         db.execute("UPDATE meta SET value=? WHERE name='revision'", (rev,))
         db.execute("INSERT INTO log VALUES (?, ?, ?, ?)", (rev, kind, key, value))
-        if rev % 1000 == 0:
-            db.execute("DELETE FROM log WHERE rev <= ?", (rev - LOG_KEEP,))
+        if rev % min(1000, self.log_keep) == 0:
+            db.execute("DELETE FROM log WHERE rev <= ?", (rev - self.log_keep,))
             db.execute("UPDATE meta SET value=max(value, ?) WHERE name='compacted'",
-                       (rev - LOG_KEEP,))
+                       (rev - self.log_keep,))
         return rev
 
     def _reap(self, db: sqlite3.Connection) -> None:
