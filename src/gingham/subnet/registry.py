@@ -1,0 +1,109 @@
+"""Thin I/O over the datastore for the network's keys: no allocation logic here."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+from gingham.model.network import NetworkConfig, NetworkConfigError, parse_network_config
+from gingham.store.contract import Store, Watch
+from gingham.subnet.lease import (
+    DEFAULT_PREFIX,
+    Lease,
+    LeaseAttrs,
+    LeaseDataError,
+    NodeInfo,
+    config_key,
+    nodes_prefix,
+    subnet_key,
+    subnet_of_key,
+    subnets_prefix,
+)
+
+
+class ConfigMissing(LookupError):
+    pass
+
+
+@dataclass
+class LeaseListing:
+    leases: list[Lease]
+    problems: list[str]  # keys whose values do not parse; their subnets stay taken
+    taken: set[ipaddress.IPv4Network]
+    revision: int
+
+
+class SubnetRegistry:
+    def __init__(self, store: Store, prefix: str = DEFAULT_PREFIX) -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/")
+
+    # -- config ------------------------------------------------------------------------
+
+    def get_config(self) -> NetworkConfig:
+        kv = self.store.get(config_key(self.prefix))
+        if kv is None:
+            raise ConfigMissing(f"no network config at {config_key(self.prefix)} "
+                                "(set one with `gingham config set -f net-conf.json`)")
+        try:
+            return parse_network_config(kv.value)
+        except NetworkConfigError as err:
+            raise NetworkConfigError(f"{config_key(self.prefix)}: {err}") from None
+
+    def set_config(self, config: NetworkConfig) -> None:
+        self.store.put(config_key(self.prefix), json.dumps(config.to_json()).encode())
+
+    # -- leases ------------------------------------------------------------------------
+
+    def decode_lease(self, key: str, value: bytes, mod_revision: int = 0,
+                     store_lease: int = 0) -> Lease:
+        return Lease(subnet_of_key(self.prefix, key), LeaseAttrs.decode(value), mod_revision,
+                     store_lease)
+
+    def leases(self) -> LeaseListing:
+        kvs, revision = self.store.range(subnets_prefix(self.prefix))
+        listing = LeaseListing([], [], set(), revision)
+        for kv in kvs:
+            try:
+                subnet = subnet_of_key(self.prefix, kv.key)
+                listing.taken.add(subnet)
+                listing.leases.append(self.decode_lease(kv.key, kv.value, kv.mod_revision,
+                                                        kv.lease))
+            except LeaseDataError as err:
+                listing.problems.append(f"{kv.key}: {err}")
+        return listing
+
+    def watch_leases(self, start_revision: int) -> Watch:
+        return self.store.watch(subnets_prefix(self.prefix), start_revision)
+
+    def write_lease(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, store_lease: int,
+                    expect_revision: int) -> Lease | None:
+        """Create (expect 0) or replace (expect its mod revision) a lease; None if raced."""
+        key = subnet_key(self.prefix, subnet)
+        if not self.store.compare_and_swap(key, attrs.encode(), expect_revision, store_lease):
+            return None
+        kv = self.store.get(key)
+        return Lease(subnet, attrs, kv.mod_revision if kv else 0, store_lease)
+
+    def delete_lease(self, lease: Lease) -> bool:
+        return self.store.compare_and_delete(subnet_key(self.prefix, lease.subnet),
+                                             lease.mod_revision)
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def put_node(self, node: NodeInfo, store_lease: int = 0) -> None:
+        self.store.put(nodes_prefix(self.prefix) + node.name, node.encode(), store_lease)
+
+    def nodes(self) -> tuple[list[NodeInfo], list[str]]:
+        kvs, _ = self.store.range(nodes_prefix(self.prefix))
+        nodes, problems = [], []
+        for kv in kvs:
+            try:
+                nodes.append(NodeInfo.decode(kv.value))
+            except LeaseDataError as err:
+                problems.append(f"{kv.key}: {err}")
+        return nodes, problems
+
+    def delete_node(self, name: str) -> bool:
+        return self.store.delete(nodes_prefix(self.prefix) + name)
