@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from gingham.store.factory import StoreOptions
+from gingham.subnet.lease import DEFAULT_PREFIX
+from gingham.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
 
 DEFAULT_SOCKET = Path("/run/gingham/agent.sock")
 DEFAULT_STATE_DIR = Path("/var/lib/gingham")
@@ -17,30 +21,44 @@ CONFLIST_NAME = "10-gingham.conflist"
 @dataclass
 class AgentConfig:
     node_name: str
-    pod_subnet: ipaddress.IPv4Network
-    cluster_cidr: ipaddress.IPv4Network
+    # Static mode: both given. Datastore mode (store set): both come from the cluster.
+    pod_subnet: ipaddress.IPv4Network | None = None
+    cluster_cidr: ipaddress.IPv4Network | None = None
+    store: StoreOptions | None = None
+    prefix: str = DEFAULT_PREFIX
+    lease_ttl: int = DEFAULT_TTL
+    lease_renew_margin: int = DEFAULT_RENEW_MARGIN
+    labels: dict[str, str] = field(default_factory=dict)
     socket_path: Path = DEFAULT_SOCKET
     state_dir: Path = DEFAULT_STATE_DIR
     run_dir: Path = DEFAULT_RUN_DIR
     cni_conf_dir: Path | None = None
     bridge: str = DEFAULT_BRIDGE
     network_name: str = DEFAULT_NETWORK_NAME
-    mtu: int | None = None  # None: the uplink's MTU
+    mtu: int | None = None  # None: what the backend leaves of the uplink's MTU
     iface: str | None = None  # None: the interface of the default route
     public_ip: ipaddress.IPv4Address | None = None
     ip_masq: bool = True
     workers: int = 8
 
     def __post_init__(self) -> None:
-        if not self.pod_subnet.subnet_of(self.cluster_cidr):
-            raise ValueError(f"pod subnet {self.pod_subnet} is not inside {self.cluster_cidr}")
-        if self.pod_subnet.prefixlen > 30:
-            raise ValueError(f"pod subnet {self.pod_subnet} is too small (at most /30)")
+        if self.store is None:
+            if self.pod_subnet is None:
+                raise ValueError("give --subnet (static mode) or --datastore")
+            if self.cluster_cidr is None:
+                self.cluster_cidr = ipaddress.IPv4Network("10.244.0.0/16")
+        if self.pod_subnet is not None and self.cluster_cidr is not None:
+            if not self.pod_subnet.subnet_of(self.cluster_cidr):
+                raise ValueError(f"pod subnet {self.pod_subnet} is not inside "
+                                 f"{self.cluster_cidr}")
+            if self.pod_subnet.prefixlen > 30:
+                raise ValueError(f"pod subnet {self.pod_subnet} is too small (at most /30)")
         if len(self.bridge) > 15:
             raise ValueError(f"bridge name {self.bridge!r} is longer than 15 characters")
 
     @property
     def gateway(self) -> ipaddress.IPv4Interface:
+        assert self.pod_subnet is not None
         return ipaddress.IPv4Interface(f"{self.pod_subnet.network_address + 1}/"
                                        f"{self.pod_subnet.prefixlen}")
 
@@ -51,3 +69,7 @@ class AgentConfig:
     @property
     def subnet_env(self) -> Path:
         return self.run_dir / "subnet.env"
+
+    @property
+    def status_path(self) -> Path:
+        return self.run_dir / "status.json"

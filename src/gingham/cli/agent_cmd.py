@@ -7,14 +7,18 @@ import json
 from pathlib import Path
 
 import click
+import yaml
 
 from gingham.agent import config as defaults
+from gingham.cli.store_opts import datastore_options, store_options
 
 
 class Network(click.ParamType):
     name = "CIDR"
 
     def convert(self, value, param, ctx):
+        if isinstance(value, ipaddress.IPv4Network):
+            return value
         try:
             return ipaddress.IPv4Network(value)
         except ValueError as err:
@@ -31,15 +35,54 @@ class Address(click.ParamType):
             self.fail(f"{value!r} is not an IPv4 address", param, ctx)
 
 
+def parse_label(value: str) -> tuple[str, str]:
+    key, eq, val = value.partition("=")
+    if not eq or not key:
+        raise click.BadParameter(f"label {value!r} is not KEY=VALUE")
+    return key, val
+
+
+def load_config_file(ctx: click.Context, param, path: str | None) -> None:
+    """--config FILE: YAML or JSON with the flags' names as keys (dashes or underscores);
+    flags given on the command line still win."""
+    if path is None:
+        return
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise click.BadParameter(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise click.BadParameter(f"{path}: unknown key {key!r}")
+        values[name] = ",".join(value) if name == "endpoints" and isinstance(value, list) \
+            else value
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+
+
 @click.command()
+@click.option("--config", type=click.Path(dir_okay=False, exists=True), is_eager=True,
+              expose_value=False, callback=load_config_file,
+              help="YAML/JSON file with any of these options.")
 @click.option("--node-name", required=True, help="This node's name.")
-@click.option("--subnet", "pod_subnet", type=Network(), required=True,
-              help="This node's pod subnet, e.g. 10.244.1.0/24.")
-@click.option("--cluster-cidr", type=Network(), default="10.244.0.0/16", show_default=True,
-              help="The cluster's pod network.")
+@click.option("--subnet", "pod_subnet", type=Network(),
+              help="Static pod subnet (no datastore), e.g. 10.244.1.0/24.")
+@click.option("--cluster-cidr", type=Network(),
+              help="Static mode: the cluster's pod network (default 10.244.0.0/16).")
+@datastore_options
+@click.option("--label", "labels", multiple=True, help="K=V node label, repeatable.")
+@click.option("--lease-ttl", type=click.IntRange(10), default=defaults.DEFAULT_TTL,
+              show_default=True, help="Subnet lease TTL, seconds.")
+@click.option("--lease-renew-margin", type=click.IntRange(1),
+              default=defaults.DEFAULT_RENEW_MARGIN, show_default=True,
+              help="Renew this many seconds before the lease runs out.")
 @click.option("--iface", help="Uplink interface (default: the default route's).")
 @click.option("--public-ip", type=Address(), help="Node address (default: the uplink's).")
-@click.option("--mtu", type=click.IntRange(576, 65535), help="Pod MTU (default: uplink's).")
+@click.option("--mtu", type=click.IntRange(576, 65535), help="Pod MTU (default: backend's).")
 @click.option("--bridge", default=defaults.DEFAULT_BRIDGE, show_default=True)
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path),
               default=str(defaults.DEFAULT_SOCKET), show_default=True)
@@ -47,16 +90,21 @@ class Address(click.ParamType):
               default=str(defaults.DEFAULT_STATE_DIR), show_default=True)
 @click.option("--run-dir", type=click.Path(path_type=Path),
               default=str(defaults.DEFAULT_RUN_DIR), show_default=True,
-              help="Where subnet.env is written.")
+              help="Where subnet.env and status.json are written.")
 @click.option("--cni-conf-dir", type=click.Path(path_type=Path),
               help="Write the node's conflist here (e.g. /etc/cni/net.d).")
 @click.option("--ip-masq/--no-ip-masq", default=True, show_default=True,
               help="Masquerade pod traffic leaving the cluster.")
 def agent(**options) -> None:
-    """Run the node agent: program the node, serve CNI calls."""
+    """Run the node agent: join the cluster, program the node, serve CNI calls."""
     from gingham.agent.config import AgentConfig
     from gingham.agent.main import run_agent
 
+    options["store"] = store_options(options)
+    options["labels"] = dict(parse_label(v) for v in options["labels"])
+    if options["store"] is not None and options["pod_subnet"] is not None:
+        raise click.UsageError("--subnet is for static mode; with a datastore the subnet is "
+                               "leased")
     run_agent(AgentConfig(**options))
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from gingham.cli.agent_cmd import agent, install_cni
+from gingham.cli.cluster_cmd import config, get
 from gingham.cli.lab_cmd import lab
 
 log = logging.getLogger("gingham.cli")
@@ -32,7 +33,8 @@ class Gingham(click.Group):
 
 @click.group(cls=Gingham, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail to stderr.")
-def cli(verbose: bool) -> None:
+@click.option("--lab", help="Use this lab's datastore (for get/config).")
+def cli(verbose: bool, lab: str | None) -> None:
     """Gingham: a Kubernetes pod network, and a lab to run it in."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -41,6 +43,8 @@ def cli(verbose: bool) -> None:
 cli.add_command(agent)
 cli.add_command(install_cni)
 cli.add_command(lab)
+cli.add_command(get)
+cli.add_command(config)
 
 
 def main() -> None:

@@ -22,6 +22,17 @@ def render_subnet_env(
     )
 
 
+def parse_subnet_env(text: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Interface, int]:
+    """Network, gateway/subnet and MTU back from a subnet.env; ValueError if it is not one."""
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    try:
+        return (ipaddress.IPv4Network(values["FLANNEL_NETWORK"]),
+                ipaddress.IPv4Interface(values["FLANNEL_SUBNET"]),
+                int(values["FLANNEL_MTU"]))
+    except KeyError as err:
+        raise ValueError(f"subnet.env has no {err.args[0]}") from None
+
+
 def render_conflist(name: str, bridge: str, mtu: int, agent_socket: Path) -> dict:
     """gingham as the main plugin, chained with portmap and bandwidth as Flannel does."""
     return {

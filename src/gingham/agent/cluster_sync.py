@@ -1,0 +1,97 @@
+"""Leases in the datastore → this node's dataplane (routes via the backend, the masquerade
+node set). A full resync is the first path and the path after any error; the watch only
+speeds things up. Work that failed is redone after a pause, never dropped."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+
+from gingham.agent.status import StatusFile
+from gingham.backends.base import Backend
+from gingham.store.contract import DELETE, Compacted, StoreError, Watch
+from gingham.subnet.lease import Lease, LeaseDataError, subnet_of_key
+from gingham.subnet.registry import SubnetRegistry
+
+log = logging.getLogger("gingham.agent.sync")
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+
+
+class ClusterSync:
+    def __init__(self, registry: SubnetRegistry, backend: Backend, own: Callable[[], Lease],
+                 on_nodes: Callable[[set[ipaddress.IPv4Address]], None],
+                 status: StatusFile) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.own = own
+        self.on_nodes = on_nodes
+        self.status = status
+        self.stopping = threading.Event()
+        self._watch: Watch | None = None
+        self._thread = threading.Thread(target=self.run, name="cluster-sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._watch is not None:
+            self._watch.cancel()
+        self._thread.join(10)
+
+    def run(self) -> None:
+        delay = RETRY_MIN
+        while not self.stopping.is_set():
+            try:
+                self._sync_then_watch()
+                delay = RETRY_MIN
+            except Compacted as err:
+                log.info("watch fell behind (%s); full resync", err)
+                continue
+            except StoreError as err:
+                log.warning("datastore: %s; keeping the dataplane as it is", err)
+                self.status.update(datastore=f"unreachable: {err}")
+            except Exception:
+                log.exception("applying leases failed; retrying")
+            self.stopping.wait(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _sync_then_watch(self) -> None:
+        listing = self.registry.leases()
+        self.status.update(datastore="ok")
+        leases = {lease.subnet: lease for lease in listing.leases}
+        bad = dict(p.split(": ", 1) for p in listing.problems)
+        self.apply(leases, bad)
+        self._watch = self.registry.watch_leases(listing.revision + 1)
+        if self.stopping.is_set():
+            return
+        for event in self._watch:
+            self._on_event(event, leases, bad)
+            self.apply(leases, bad)
+
+    def _on_event(self, event, leases: dict, bad: dict[str, str]) -> None:
+        """Fold one change into the picture. A value that does not parse is reported and
+        changes nothing: what is programmed for that subnet stays."""
+        bad.pop(event.key, None)
+        try:
+            subnet = subnet_of_key(self.registry.prefix, event.key)
+            if event.type == DELETE:
+                leases.pop(subnet, None)
+            else:
+                leases[subnet] = self.registry.decode_lease(event.key, event.value,
+                                                            event.revision)
+        except LeaseDataError as err:
+            if event.type != DELETE:
+                bad[event.key] = str(err)
+
+    def apply(self, leases: dict, bad: dict[str, str]) -> None:
+        plan = self.backend.plan(self.own(), list(leases.values()))
+        problems = plan.problems + self.backend.apply(plan) + [f"{key}: {why}"
+                                                              for key, why in bad.items()]
+        for problem in problems:
+            if problem not in self.status.status.problems:
+                log.warning("%s", problem)
+        self.on_nodes({lease.attrs.public_ip for lease in leases.values()})
+        self.status.update(routes=len(plan.routes), problems=problems)

@@ -1,0 +1,102 @@
+"""This node as a member of the cluster: the network config, its subnet lease (acquired,
+renewed), its node record, and the backend that reaches the other nodes."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+from gingham.agent.config import AgentConfig
+from gingham.agent.status import StatusFile
+from gingham.backends.base import Backend
+from gingham.backends.registry import make_backend
+from gingham.dataplane.uplink import Uplink
+from gingham.model.network import NetworkConfig
+from gingham.store.contract import StoreError
+from gingham.store.factory import open_store
+from gingham.subnet.lease import Lease, LeaseAttrs, NodeInfo
+from gingham.subnet.manager import LeaseManager
+from gingham.subnet.registry import ConfigMissing, SubnetRegistry
+
+log = logging.getLogger("gingham.agent.membership")
+JOIN_RETRY = 2.0
+RENEW_RETRY = 10.0
+
+
+class Membership:
+    def __init__(self, config: AgentConfig, uplink: Uplink, status: StatusFile) -> None:
+        assert config.store is not None
+        self.config = config
+        self.uplink = uplink
+        self.public_ip = config.public_ip or uplink.address.ip
+        self.status = status
+        self.store = open_store(config.store)
+        self.registry = SubnetRegistry(self.store, config.prefix)
+        self.network: NetworkConfig | None = None
+        self.backend: Backend | None = None
+        self.manager: LeaseManager | None = None
+        self.lease: Lease | None = None
+
+    def join(self, stopping: threading.Event,
+             previous: ipaddress.IPv4Network | None) -> Lease:
+        """Config, backend and lease, retrying until the datastore answers. Errors that a
+        retry cannot fix (a bad config, an unknown backend) are reported and retried too:
+        an operator may fix the config while we wait."""
+        last = ""
+        while not stopping.is_set():
+            try:
+                return self._join_once(previous)
+            except (StoreError, ConfigMissing, ValueError, RuntimeError) as err:
+                if str(err) != last:
+                    log.error("cannot join the cluster: %s", err)
+                    last = str(err)
+                self.status.update(datastore=f"error: {err}")
+            stopping.wait(JOIN_RETRY)
+        raise InterruptedError("stopped before joining")
+
+    def _join_once(self, previous: ipaddress.IPv4Network | None) -> Lease:
+        network = self.registry.get_config()
+        backend = make_backend(network.backend, self.uplink)
+        manager = LeaseManager(self.registry, network, self.config.lease_ttl,
+                               self.config.lease_renew_margin)
+        lease = manager.acquire(self.attrs(network, backend), previous)
+        self.registry.put_node(NodeInfo(self.config.node_name, self.public_ip,
+                                        self.config.labels), lease.store_lease)
+        self.network, self.backend, self.manager, self.lease = network, backend, manager, lease
+        self.status.update(datastore="ok", backend=network.backend.type,
+                           subnet=str(lease.subnet), public_ip=str(self.public_ip))
+        log.info("joined: %s (%s backend) as %s", lease.subnet, network.backend.type,
+                 self.public_ip)
+        return lease
+
+    def attrs(self, network: NetworkConfig, backend: Backend) -> LeaseAttrs:
+        return LeaseAttrs(self.public_ip, network.backend.type, self.config.node_name,
+                          backend.lease_data())
+
+    def own(self) -> Lease:
+        assert self.lease is not None
+        return self.lease
+
+    def keep_lease(self, stopping: threading.Event) -> None:
+        """Renew the lease before it runs out, for as long as the agent runs."""
+        assert self.manager is not None
+        while not stopping.wait(1.0):
+            if not self.manager.renew_due():
+                continue
+            try:
+                renewed = self.manager.renew(self.own())
+            except StoreError as err:
+                log.warning("lease renewal failed (%s); retrying in %.0fs", err, RENEW_RETRY)
+                stopping.wait(RENEW_RETRY)
+                continue
+            if renewed.subnet != self.own().subnet:
+                log.error("lease moved from %s to %s: pods on the old subnet lose their "
+                          "routes; restarting the agent", self.own().subnet, renewed.subnet)
+                raise SystemExit(3)
+            self.lease = renewed
+            self.registry.put_node(NodeInfo(self.config.node_name, self.public_ip,
+                                            self.config.labels), renewed.store_lease)
+
+    def close(self) -> None:
+        self.store.close()

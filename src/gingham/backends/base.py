@@ -1,0 +1,42 @@
+"""The backend contract: what a lease says about this node, and what to do about the others.
+
+A backend is pure where it can be: `plan` turns leases into intents and problems, with no
+I/O, so it is unit-tested; `apply` makes the kernel match the plan and is safe to rerun.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gingham.dataplane.routes import RouteIntent
+from gingham.dataplane.uplink import Uplink
+from gingham.subnet.lease import Lease
+
+
+@dataclass
+class BackendPlan:
+    routes: set[RouteIntent] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)  # why some lease gets no path
+
+
+class Backend(Protocol):
+    type: str
+
+    def mtu(self, uplink: Uplink) -> int:
+        """The pod MTU this backend leaves room for."""
+        ...
+
+    def lease_data(self) -> dict:
+        """What other nodes need to reach this one (BackendData in the lease)."""
+        ...
+
+    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan: ...
+
+    def apply(self, plan: BackendPlan) -> list[str]:
+        """Make the kernel match the plan; returns problems met on the way."""
+        ...
+
+    def teardown(self) -> None:
+        """Remove everything this backend owns (switching to another backend)."""
+        ...
