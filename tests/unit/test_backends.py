@@ -1,0 +1,71 @@
+"""host-gw planning and the route diff: pure, no kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gingham.backends.hostgw import HostGwBackend
+from gingham.dataplane.routes import RouteIntent, diff_routes
+from gingham.dataplane.uplink import Uplink
+from gingham.model.files import parse_subnet_env, render_subnet_env
+from gingham.subnet.lease import Lease, LeaseAttrs
+
+N, A = ipaddress.IPv4Network, ipaddress.IPv4Address
+UPLINK = Uplink("eth0", 2, ipaddress.IPv4Interface("192.168.50.11/24"), 1500)
+
+
+def lease(subnet: str, ip: str, backend: str = "host-gw", node: str = "n") -> Lease:
+    return Lease(N(subnet), LeaseAttrs(A(ip), backend, node))
+
+
+def test_host_gw_routes_every_other_lease_via_its_node():
+    own = lease("10.244.1.0/24", "192.168.50.11")
+    plan = HostGwBackend(UPLINK).plan(own, [own, lease("10.244.2.0/24", "192.168.50.12")])
+    assert plan.routes == {RouteIntent(N("10.244.2.0/24"), A("192.168.50.12"), 2)}
+    assert plan.problems == []
+
+
+def test_host_gw_refuses_a_next_hop_behind_a_router():
+    own = lease("10.244.1.0/24", "192.168.50.11")
+    far = lease("10.244.3.0/24", "192.168.60.13", node="node3")
+    plan = HostGwBackend(UPLINK).plan(own, [own, far])
+    assert plan.routes == set()
+    (problem,) = plan.problems
+    assert "192.168.60.13" in problem and "not on a directly connected subnet" in problem
+
+
+def test_host_gw_skips_leases_of_other_backends():
+    own = lease("10.244.1.0/24", "192.168.50.11")
+    plan = HostGwBackend(UPLINK).plan(own, [lease("10.244.2.0/24", "192.168.50.12", "vxlan")])
+    assert plan.routes == set() and "vxlan" in plan.problems[0]
+
+
+def intent(dst: str, gw: str) -> RouteIntent:
+    return RouteIntent(N(dst), A(gw), 2)
+
+
+def test_diff_sets_missing_and_changed_removes_stale():
+    desired = {intent("10.244.2.0/24", "192.168.50.12"), intent("10.244.3.0/24", "192.168.50.13")}
+    owned = {intent("10.244.2.0/24", "192.168.50.99"), intent("10.244.9.0/24", "192.168.50.19")}
+    diff = diff_routes(desired, owned, set())
+    assert diff.to_set == sorted(desired)
+    assert diff.to_remove == [intent("10.244.9.0/24", "192.168.50.19")]
+
+
+def test_diff_never_touches_a_foreign_route():
+    desired = {intent("10.244.2.0/24", "192.168.50.12")}
+    diff = diff_routes(desired, set(), {N("10.244.2.0/24")})
+    assert diff.to_set == [] and diff.to_remove == [] and diff.blocked == [N("10.244.2.0/24")]
+
+
+def test_diff_of_equal_sets_is_empty():
+    same = {intent("10.244.2.0/24", "192.168.50.12")}
+    diff = diff_routes(same, same, set())
+    assert diff.to_set == diff.to_remove == []
+
+
+def test_subnet_env_round_trip():
+    text = render_subnet_env(N("10.244.0.0/16"), ipaddress.IPv4Interface("10.244.7.1/24"),
+                             1450, False)
+    network, gateway, mtu = parse_subnet_env(text)
+    assert (str(network), str(gateway), mtu) == ("10.244.0.0/16", "10.244.7.1/24", 1450)
