@@ -8,17 +8,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from gingham.dataplane import netns as netns_mod
 from gingham.lab import cluster, procs
 from gingham.lab.plan import LabPlan, netns_name
 from gingham.lab.state import LabFiles
 
 ROOT = Path(__file__).parent
+# The installed console script, next to the interpreter running the tests (the venv's).
+GINGHAM = Path(sys.executable).parent / "gingham"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,6 +77,97 @@ class Lab:
 
     def conflist(self, node: str = "node1") -> dict:
         return json.loads((self.files.conf_dir(node) / "10-gingham.conflist").read_text())
+
+    @classmethod
+    def of(cls, name: str) -> Lab:
+        """The Lab of a lab built elsewhere (e.g. by `gingham lab up`)."""
+        files = LabFiles(name)
+        return cls(cluster.plan_of(files.load()), files)
+
+    def netns_path(self, target: str) -> str:
+        return procs.netns_path(cluster.target_netns(self.name, target, files=self.files))
+
+    def gingham(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """`gingham lab COMMAND --name <this lab> ARGS...` through the CLI. `--name` goes right
+        after the (sub)command, so it can never land after an `exec ... --`."""
+        split = 2 if args[:1] == ("pod",) else 1
+        return gingham("lab", *args[:split], "--name", self.name, *args[split:], **kwargs)
+
+    def tcp_peer(self, receiver: str, sender: str, address: str, *,
+                 bind: str | None = None, timeout: float = 3.0) -> str:
+        """Connect over TCP from `sender` to `address` and return the source address the
+        listener in `receiver` saw. Both sockets are made in their namespaces by this process
+        (a socket stays in the namespace it was created in), so the check costs no fork."""
+        with netns_mod.entered(self.netns_path(receiver)):
+            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with server:
+            server.bind(("0.0.0.0", 0))  # an unused port: no conntrack entry of earlier tests
+            server.listen(1)
+            server.settimeout(timeout)
+            with netns_mod.entered(self.netns_path(sender)):
+                client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with client:
+                client.settimeout(timeout)
+                if bind is not None:
+                    client.bind((bind, 0))
+                client.connect((address, server.getsockname()[1]))
+                conn, peer = server.accept()
+                conn.close()
+        return peer[0]
+
+    def wait_listening(self, target: str, port: int, timeout: float = 10.0) -> None:
+        """Wait until something in `target` listens on TCP `port`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.run(target, "ss", "-Hltn", f"sport = :{port}").stdout
+            if out.strip():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"nothing listens on {target}:{port} after {timeout}s")
+
+
+def gingham(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the `gingham` CLI; never raises on a non-zero exit (tests look at it)."""
+    return subprocess.run([str(GINGHAM), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """The `gingham` CLI runner, for test modules (they cannot import this conftest reliably:
+    another folder has a conftest.py too, and both import as `conftest`)."""
+    return gingham
+
+
+@pytest.fixture(scope="module")
+def make_module_lab():
+    """Factory for labs shared by a module's tests: make(nodes=1, via_cli=False) -> Lab.
+    With via_cli the lab is built by `gingham lab up`, as a user would."""
+    made: list[str] = []
+
+    def make(nodes: int = 1, *, via_cli: bool = False, **kwargs) -> Lab:
+        plan = LabPlan.single_segment(unique_lab_name(), nodes, **kwargs)
+        made.append(plan.name)
+        if via_cli:
+            assert not kwargs, "via_cli builds the default plan"
+            proc = gingham("lab", "up", "--name", plan.name, "--nodes", str(nodes))
+            assert proc.returncode == 0, proc.stderr
+        else:
+            cluster.up(plan)
+        return Lab(plan, LabFiles(plan.name))
+
+    yield make
+    for name in made:
+        cluster.down(name)
+
+
+@pytest.fixture
+def lab_name() -> Iterator[str]:
+    """A unique lab name for a lab a test builds itself (e.g. with `gingham lab up`); whatever
+    exists under that name afterwards is torn down."""
+    name = unique_lab_name()
+    yield name
+    cluster.down(name)
 
 
 @pytest.fixture

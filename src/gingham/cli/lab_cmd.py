@@ -14,6 +14,12 @@ from gingham.lab.plan import DEFAULT_LAB, DEFAULT_POD_CIDR, check_lab_name
 
 RATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
 RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+# The bandwidth plugin takes the burst in bits. 1/80 s of traffic (1.25 Mbit at 100 Mbit/s)
+# lets TCP ramp up without the bucket overshooting short runs: iperf3 through 100M measures
+# ~96 Mbit/s of payload (the rest is the Ethernet/IP/TCP headers tbf also counts).
+BURST_SECONDS = 1 / 80
+# ...but never less than one 64 KiB GSO packet, which tbf would otherwise re-segment.
+MIN_BURST_BITS = 64 * 1024 * 8
 PORT = re.compile(r"^(\d+):(\d+)(?:/(tcp|udp|sctp))?$")
 
 
@@ -30,13 +36,20 @@ def _lab_name(value: str) -> str:
         raise click.BadParameter(str(err)) from None
 
 
-def _rate(value: str | None) -> int | None:
+def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
     found = RATE.match(value)
     if not found:
         raise click.BadParameter(f"{value!r} is not a rate like 100M (bits per second)")
-    return int(float(found.group(1)) * RATE_UNITS[found.group(2).lower()])
+    rate = int(float(found.group(1)) * RATE_UNITS[found.group(2).lower()])
+    if rate <= 0:
+        raise click.BadParameter("a rate must be more than 0 bits per second")
+    return rate
+
+
+def _burst(rate: int) -> int:
+    return max(int(rate * BURST_SECONDS), MIN_BURST_BITS)
 
 
 def _port(value: str) -> dict:
@@ -54,7 +67,23 @@ def _label(value: str) -> tuple[str, str]:
     return key, val
 
 
-@click.group()
+class LabGroup(click.Group):
+    """Usage errors as the root command prints every other failure: one line on stderr.
+    (Click's own format is three lines: usage, a hint, then the error.)"""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # `gingham lab pod`: show help
+                raise
+            where = err.ctx.command_path if err.ctx is not None else ctx.command_path
+            click.echo(f"gingham: error: {err.format_message()} (see `{where} --help`)",
+                       err=True)
+            sys.exit(err.exit_code)
+
+
+@click.group(cls=LabGroup)
 def lab() -> None:
     """A lab cluster made of network namespaces on this machine."""
 
@@ -69,12 +98,7 @@ def up(lab: str, nodes: int, pod_cidr: ipaddress.IPv4Network) -> None:
     from gingham.lab.plan import LabPlan
 
     plan = LabPlan.single_segment(lab, nodes, pod_cidr)
-    try:
-        cluster.up(plan)
-    except Exception:
-        click.echo(f"lab up failed; tearing down the half-built lab {lab}", err=True)
-        cluster.down(lab)
-        raise
+    cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     for node in plan.nodes:
         click.echo(f"{node.name}  {node.address.ip}  pods {node.pod_subnet}")
     click.echo(f"external  {plan.external.address.ip}")
@@ -95,15 +119,17 @@ def down(lab: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(lab: str, as_json: bool) -> None:
     """Nodes, their agents and pods."""
-    from gingham.lab import cluster, procs
+    from gingham.lab import cluster
     from gingham.lab.state import LabFiles
 
-    record = LabFiles(lab).load()
+    files = LabFiles(lab)
+    record = files.load()
     plan = cluster.plan_of(record)
     nodes = [
         {"name": n.name, "address": str(n.address.ip), "podSubnet": str(n.pod_subnet),
          "agentPid": record.agents.get(n.name),
-         "agent": "running" if procs.is_alive(record.agents.get(n.name, 0) or 0) else "down",
+         "agent": "running" if cluster.agent_running(files, n.name, record.agents.get(n.name))
+         else "down",
          "pods": sum(1 for p in record.pods.values() if p.node == n.name)}
         for n in plan.nodes
     ]
@@ -136,7 +162,13 @@ def check(lab: str, as_json: bool) -> None:
     else:
         click.echo(checks.render_table(results))
         click.echo(f"{len(results) - failed}/{len(results)} reachable")
-    sys.exit(1 if failed or not results else 0)
+    # The verdict also goes to stderr, so a failing check says why even with --json.
+    if not results:
+        click.echo(f"gingham: error: lab {lab} has no pods to check", err=True)
+        sys.exit(1)
+    if failed:
+        click.echo(f"gingham: error: {failed} of {len(results)} probes failed", err=True)
+        sys.exit(1)
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -163,22 +195,24 @@ def pod() -> None:
               help="K=V, repeatable.")
 @click.option("--port", "ports", multiple=True, callback=lambda c, p, v: [_port(x) for x in v],
               help="HOSTPORT:CONTAINERPORT[/PROTO] mapping on the node (portmap).")
-@click.option("--ingress-rate", help="Bandwidth limit into the pod, bits/s (e.g. 100M).")
-@click.option("--egress-rate", help="Bandwidth limit out of the pod, bits/s.")
-def pod_add(lab: str, node: str, ref: str, labels: dict, ports: list, ingress_rate: str | None,
-            egress_rate: str | None) -> None:
+@click.option("--ingress-rate", callback=_rate,
+              help="Bandwidth limit into the pod, bits/s (e.g. 100M).")
+@click.option("--egress-rate", callback=_rate, help="Bandwidth limit out of the pod, bits/s.")
+def pod_add(lab: str, node: str, ref: str, labels: dict, ports: list, ingress_rate: int | None,
+            egress_rate: int | None) -> None:
     """Create a pod on NODE and print its IP."""
     from gingham.lab import cluster
 
     capabilities: dict = {}
     if ports:
         capabilities["portMappings"] = ports
-    ingress, egress = _rate(ingress_rate), _rate(egress_rate)
-    if ingress or egress:
-        capabilities["bandwidth"] = {k: v for k, v in {
-            "ingressRate": ingress, "ingressBurst": ingress and max(ingress // 8 // 10, 65536),
-            "egressRate": egress, "egressBurst": egress and max(egress // 8 // 10, 65536),
-        }.items() if v}
+    bandwidth: dict[str, int] = {}
+    if ingress_rate:
+        bandwidth |= {"ingressRate": ingress_rate, "ingressBurst": _burst(ingress_rate)}
+    if egress_rate:
+        bandwidth |= {"egressRate": egress_rate, "egressBurst": _burst(egress_rate)}
+    if bandwidth:
+        capabilities["bandwidth"] = bandwidth
     click.echo(cluster.add_pod(lab, node, ref, labels, capabilities).ip)
 
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from gingham.cni.spec import COMMANDS, INVALID_ENVIRONMENT, CniError
 
 # The runtime-facing rules of libcni/skel: container IDs and interface names.
-CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline, and a newline
+# in the ID would corrupt the reservation files (one field per line).
+CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MAX_IFNAME = 15
 
 REQUIRED = {
@@ -36,8 +38,9 @@ def bad(msg: str, details: str = "") -> CniError:
 
 
 def check_ifname(name: str) -> None:
+    # libcni's rule: any whitespace, not just space/tab/newline, is refused.
     if not name or len(name) > MAX_IFNAME or name in (".", "..") or any(
-        c in name for c in "/: \t\n"
+        c in "/:" or c.isspace() for c in name
     ):
         raise bad("CNI_IFNAME is not a valid interface name", name)
 
@@ -57,7 +60,7 @@ def parse_env(env: dict[str, str]) -> PluginEnv:
         args=env.get("CNI_ARGS", ""),
         path=tuple(p for p in env.get("CNI_PATH", "").split(":") if p),
     )
-    if parsed.container_id and not CONTAINER_ID.match(parsed.container_id):
+    if parsed.container_id and not CONTAINER_ID.fullmatch(parsed.container_id):
         raise bad("CNI_CONTAINERID has characters a container ID may not", parsed.container_id)
     if "CNI_IFNAME" in REQUIRED[command]:
         check_ifname(parsed.ifname)

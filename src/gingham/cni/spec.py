@@ -43,10 +43,9 @@ class CniError(Exception):
         return f"{self.msg}: {self.details}" if self.details else self.msg
 
     def to_json(self, cni_version: str = LATEST_VERSION) -> str:
-        body = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
-        if self.details:
-            body["details"] = self.details
-        return json.dumps(body)
+        # details always present: the shim's own errors carry it too, so runtimes see one shape.
+        return json.dumps({"cniVersion": cni_version, "code": self.code, "msg": self.msg,
+                           "details": self.details})
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

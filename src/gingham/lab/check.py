@@ -55,8 +55,12 @@ def plan_probes(plan: LabPlan, record: LabRecord) -> list[Probe]:
 
 def ping(probe: Probe, attempts: int = 2) -> ProbeResult:
     for _ in range(attempts):
-        proc = run_in(probe.source_netns, ["ping", "-n", "-c", "1", "-W", "2", probe.address],
-                      capture_output=True, check=False)
+        try:
+            proc = run_in(probe.source_netns,
+                          ["ping", "-n", "-c", "1", "-W", "2", probe.address],
+                          capture_output=True, check=False)
+        except OSError:  # the source namespace is gone: that is unreachable, not a crash
+            return ProbeResult(probe, False, None)
         if proc.returncode == 0:
             found = RTT.search(proc.stdout)
             return ProbeResult(probe, True, float(found.group(1)) if found else None)

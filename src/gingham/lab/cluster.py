@@ -27,7 +27,7 @@ from gingham.lab.plan import (
     parse_pod_ref,
     pod_netns_name,
 )
-from gingham.lab.runtime import Attachment, CniRuntime, PluginFailed
+from gingham.lab.runtime import Attachment, CniRuntime
 from gingham.lab.state import LabFiles, LabRecord, PodRecord
 
 UNDERLAY = "underlay"
@@ -37,6 +37,10 @@ AGENT_READY_TIMEOUT = 20.0
 
 
 class LabError(RuntimeError):
+    pass
+
+
+class LabExists(LabError):
     pass
 
 
@@ -127,32 +131,57 @@ def wait_for_agent(files: LabFiles, node: str, pid: int,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not procs.is_alive(pid):
-            raise LabError(f"agent of {node} exited during start; its log says:\n"
-                           + _tail(files.agent_log(node)))
+            raise LabError(f"agent of {node} exited during start: "
+                           f"{_last_line(files.agent_log(node))}")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.connect(path)
             return
         except OSError:
             time.sleep(0.05)
-    raise LabError(f"agent of {node} not ready after {timeout:.0f}s; log:\n"
-                   + _tail(files.agent_log(node)))
+    raise LabError(f"agent of {node} not ready after {timeout:.0f}s: "
+                   f"{_last_line(files.agent_log(node))}")
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _last_line(path: Path) -> str:
+    """The log's last line: errors are one line, and a traceback ends with its exception.
+    (The log itself goes with the half-built lab, so the line is all that is left.)"""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except FileNotFoundError:
         return "(no log)"
+    return lines[-1].strip() if lines else "(empty log)"
 
 
 def up(plan: LabPlan, files: LabFiles | None = None) -> LabRecord:
+    """Build the lab; on any failure remove what was built and raise LabError. An existing lab
+    of that name is LabExists and is left alone."""
     files = files or LabFiles(plan.name)
-    if files.exists() or procs.list_netns(f"{plan.name}-"):
-        raise LabError(f"lab {plan.name!r} already exists; run `gingham lab down --name "
+    exists = LabExists(f"lab {plan.name!r} already exists; run `gingham lab down --name "
                        f"{plan.name}` first")
+    if files.exists() or procs.list_netns(f"{plan.name}-"):
+        raise exists
     record = LabRecord(name=plan.name, plan=_plan_json(plan))
-    files.save(record)  # first, so `down` can undo a half-built lab
+    try:
+        files.create(record)  # first, so `down` can undo a half-built lab
+    except FileExistsError:
+        raise exists from None
+    try:
+        _build(plan, files, record)
+    except BaseException as err:
+        # A half-built lab would block the next `up` of this name; Ctrl-C included.
+        try:
+            down(plan.name, files)
+        except Exception as cleanup:
+            raise LabError(f"lab up failed ({err}), and so did removing the half-built lab: "
+                           f"{cleanup}") from err
+        if isinstance(err, (ValueError, LookupError, RuntimeError, OSError)):
+            raise LabError(f"lab up failed, half-built lab {plan.name} removed: {err}") from err
+        raise
+    return record
+
+
+def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
     for host in (UNDERLAY, plan.external.name, *(n.name for n in plan.nodes)):
         _add_netns(netns_name(plan.name, host))
     _build_underlay(plan.name)
@@ -165,7 +194,6 @@ def up(plan: LabPlan, files: LabFiles | None = None) -> LabRecord:
         files.save(record)
     for node in plan.nodes:
         wait_for_agent(files, node.name, record.agents[node.name])
-    return record
 
 
 # -- down -----------------------------------------------------------------------------
@@ -179,7 +207,8 @@ def down(lab: str, files: LabFiles | None = None) -> list[str]:
     if files.exists():
         try:
             record = files.load()
-            pids |= {pid for pid in record.agents.values() if _is_our_agent(pid)}
+            pids |= {pid for node, pid in record.agents.items()
+                     if _is_our_agent(files, node, pid)}
         except (ValueError, KeyError):
             pass  # a corrupt record: the namespaces still say what is ours
     for ns in namespaces:
@@ -197,23 +226,34 @@ def down(lab: str, files: LabFiles | None = None) -> list[str]:
     return namespaces
 
 
-def _is_our_agent(pid: int) -> bool:
+def _is_our_agent(files: LabFiles, node: str, pid: int) -> bool:
+    """Whether `pid` is still the agent this lab started for `node`. After a crash the PID may
+    be reused, possibly by another lab's agent, so its socket path must be this node's."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return b"gingham.cli.main" in cmdline and b"agent" in cmdline
+    return (b"gingham.cli.main" in cmdline and b"agent" in cmdline
+            and str(files.agent_socket(node)).encode() in cmdline)
+
+
+def agent_running(files: LabFiles, node: str, pid: int | None) -> bool:
+    return pid is not None and procs.is_alive(pid) and _is_our_agent(files, node, pid)
 
 
 # -- pods -----------------------------------------------------------------------------
 
 
 def runtime_for(files: LabFiles, lab: str, node: str) -> CniRuntime:
+    node_ns = netns_name(lab, node)
+    if node_ns not in procs.list_netns(node_ns):
+        raise LabError(f"namespace {node_ns} does not exist (`gingham lab down --name {lab}` "
+                       "cleans up a broken lab)")
     try:
         conflist = json.loads((files.conf_dir(node) / CONFLIST_NAME).read_text())
     except FileNotFoundError:
         raise LabError(f"node {node} has no CNI config yet (is its agent running?)") from None
-    return CniRuntime(procs.netns_path(netns_name(lab, node)), conflist,
+    return CniRuntime(procs.netns_path(node_ns), conflist,
                       [files.bin_dir, REFERENCE_PLUGINS], files.cache_dir(node))
 
 
@@ -237,19 +277,31 @@ def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
         plan_of(record).node(node)
         if ref in record.pods:
             raise LabError(f"pod {ref} already exists on {record.pods[ref].node}")
-        pod = PodRecord(namespace, name, node, pod_netns_name(lab, namespace, name),
-                        secrets.token_hex(32), "eth0", "", dict(labels or {}))
+        pod_ns = pod_netns_name(lab, namespace, name)
+        # `a-b/c` and `a/b-c` map to the same namespace name; the second must not take over
+        # (or, failing, delete) the first one's namespace.
+        clash = next((p for p in record.pods.values() if p.netns == pod_ns), None)
+        if clash is not None:
+            raise LabError(f"pod {ref} would use namespace {pod_ns}, which belongs to pod "
+                           f"{clash.ref}; choose another name")
+        runtime = runtime_for(files, lab, node)  # fails before anything is made
+        pod = PodRecord(namespace, name, node, pod_ns, secrets.token_hex(32), "eth0", "",
+                        dict(labels or {}))
         record.pods[ref] = pod  # recorded before it exists, so `down` finds a half-made pod
         files.save(record)
-    _add_netns(pod.netns)
-    runtime = runtime_for(files, lab, node)
     att = _attachment(pod, capabilities)
+    made_netns = False
     try:
-        result = runtime.add(att)
-    except PluginFailed:
-        _forget_pod(files, runtime, pod, att)
+        _add_netns(pod.netns)
+        made_netns = True
+        pod.ip = _pod_ip(runtime.add(att))
+    except BaseException as err:
+        # As libcni after a failed ADD: DEL the whole chain, then forget the pod, so a
+        # failed `pod add` leaves nothing behind and the name can be used again.
+        undo_error = _undo_add(files, runtime, pod, att, made_netns)
+        if undo_error is not None and isinstance(err, Exception):
+            raise LabError(f"{err} (and undoing it failed: {undo_error})") from err
         raise
-    pod.ip = next(str(ipaddress.IPv4Interface(ip["address"]).ip) for ip in result["ips"])
     with files.locked():
         record = files.load()
         record.pods[ref] = pod
@@ -257,15 +309,32 @@ def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
     return pod
 
 
-def _forget_pod(files: LabFiles, runtime: CniRuntime, pod: PodRecord, att: Attachment) -> None:
-    try:
-        runtime.delete(att)
-    finally:
+def _pod_ip(result: dict) -> str:
+    for ip in result.get("ips") or []:
+        address = ipaddress.ip_interface(ip["address"])
+        if address.version == 4:
+            return str(address.ip)
+    raise LabError(f"the chain's result has no IPv4 address: {json.dumps(result)}")
+
+
+def _undo_add(files: LabFiles, runtime: CniRuntime, pod: PodRecord, att: Attachment,
+              made_netns: bool) -> Exception | None:
+    error: Exception | None = None
+    if made_netns:  # else no plugin ran, and the namespace of that name is not ours to touch
+        try:
+            runtime.delete(att)
+        except Exception as err:
+            error = err
         subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)
-        with files.locked():
-            record = files.load()
-            record.pods.pop(pod.ref, None)
-            files.save(record)
+    _unrecord(files, pod)
+    return error
+
+
+def _unrecord(files: LabFiles, pod: PodRecord) -> None:
+    with files.locked():
+        record = files.load()
+        record.pods.pop(pod.ref, None)
+        files.save(record)
 
 
 def delete_pod(lab: str, ref: str, files: LabFiles | None = None) -> PodRecord:
@@ -275,7 +344,11 @@ def delete_pod(lab: str, ref: str, files: LabFiles | None = None) -> PodRecord:
     pod = record.pods.get(ref)
     if pod is None:
         raise LabError(f"lab {lab} has no pod {ref}")
-    _forget_pod(files, runtime_for(files, lab, pod.node), pod, _attachment(pod))
+    # If DEL fails the pod stays recorded and its namespace stays, as a runtime keeps a
+    # sandbox whose teardown failed: `pod del` can be retried, and `lab down` still removes it.
+    runtime_for(files, lab, pod.node).delete(_attachment(pod))
+    subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)
+    _unrecord(files, pod)
     return pod
 
 

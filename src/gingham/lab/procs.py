@@ -6,6 +6,7 @@ namespace is: step this thread in, spawn, step back. No `ip netns exec` mount ga
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,10 +32,23 @@ def popen_in(ns: str, argv: list[str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(argv, **kwargs)
 
 
+class ExecFailed(RuntimeError):
+    pass
+
+
 def exec_in(ns: str, argv: list[str]) -> None:
     """Replace this (single-threaded) process with `argv` inside the namespace."""
-    netns.setns(netns.open_netns(netns_path(ns)))
-    os.execvp(argv[0], argv)
+    try:
+        fd = netns.open_netns(netns_path(ns))
+    except netns.NetnsNotFound:
+        raise ExecFailed(f"namespace {ns} does not exist (was it removed behind the lab's "
+                         "back? `gingham lab down` cleans up)") from None
+    netns.setns(fd)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        # Bare OSError text ("[Errno 2] No such file or directory") would not name the command.
+        raise ExecFailed(f"cannot run {argv[0]!r} in {ns}: {err.strerror}") from None
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -79,10 +93,8 @@ def stop_pids(pids: list[int], grace: float = 3.0) -> None:
     alive = list(pids)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         while alive and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -90,7 +102,5 @@ def stop_pids(pids: list[int], grace: float = 3.0) -> None:
         if not alive:
             break
     for pid in pids:  # reap those that were our own children
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass

@@ -88,6 +88,17 @@ class LabFiles:
         except FileNotFoundError:
             raise LookupError(f"no lab named {self.lab!r} (run `gingham lab up`)") from None
 
+    def create(self, record: LabRecord) -> None:
+        """Write the first record; FileExistsError if the lab has one. A hard link is atomic and
+        exclusive, so of two concurrent `lab up --name X` exactly one wins."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".lab.json.{os.getpid()}"
+        tmp.write_text(record.to_json())
+        try:
+            os.link(tmp, self.record_path)
+        finally:
+            tmp.unlink()
+
     def save(self, record: LabRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.record_path.with_suffix(".tmp")
@@ -97,7 +108,10 @@ class LabFiles:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise read-modify-write of the record between concurrent CLI calls."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            # Making the directory here would leave a lock file behind for a lab that
+            # never existed (e.g. a typo in `--name`).
+            raise LookupError(f"no lab named {self.lab!r} (run `gingham lab up`)")
         fd = os.open(self.dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

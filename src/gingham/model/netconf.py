@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 
 from gingham.cni.result import Result, Route
-from gingham.cni.spec import DECODING_FAILURE, INVALID_CONFIG, CniError, check_version
+from gingham.cni.spec import (
+    DECODING_FAILURE,
+    INVALID_CONFIG,
+    LATEST_VERSION,
+    SUPPORTED_VERSIONS,
+    CniError,
+    check_version,
+)
 
 IPAM_TYPE = "gingham-ipam"
+# The spec's rule for network names. It also keeps owner marks ("gingham NAME CID IFNAME")
+# and reservation files (one field per line) unambiguous, which GC relies on.
+NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MIN_MTU = 576
 MAX_MTU = 65535
 
@@ -145,6 +156,8 @@ def parse(stdin: bytes, *, ipam_only: bool = False) -> NetConf:
         type=_string(data, "type"),
         raw=data,
     )
+    if not NETWORK_NAME.fullmatch(conf.name):
+        raise invalid("'name' may hold only letters, digits, '_', '.' and '-'", conf.name)
     if ipam_only:
         conf.ipam = parse_ipam(data.get("ipam"))
     else:
@@ -170,6 +183,16 @@ def parse(stdin: bytes, *, ipam_only: bool = False) -> NetConf:
     if "cni.dev/valid-attachments" in data:
         conf.valid_attachments = _attachments(data["cni.dev/valid-attachments"])
     return conf
+
+
+def reply_version(stdin: bytes) -> str:
+    """The cniVersion to answer in, even for a config that failed to parse: its own if
+    Gingham speaks it, else the latest."""
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return LATEST_VERSION
+    return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
 
 
 def _attachments(data: object) -> list[tuple[str, str]]:
