@@ -125,7 +125,7 @@ def test_reservations_survive_an_agent_restart(lab, pod_namespaces) -> None:
         pid = record.agents["node1"]
         procs.stop_pids([pid])
         assert not procs.is_alive(pid)
-        record.agents["node1"] = cluster.start_agent(lab.files, lab.plan, node)
+        record.agents["node1"] = cluster.start_agent(lab.files, record, node)
         lab.files.save(record)  # so teardown stops the new agent
     cluster.wait_for_agent(lab.files, "node1", record.agents["node1"])
 

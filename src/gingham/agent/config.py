@@ -25,6 +25,7 @@ class AgentConfig:
     pod_subnet: ipaddress.IPv4Network | None = None
     cluster_cidr: ipaddress.IPv4Network | None = None
     store: StoreOptions | None = None
+    prefer_subnet: ipaddress.IPv4Network | None = None  # asked for when no lease is held
     prefix: str = DEFAULT_PREFIX
     lease_ttl: int = DEFAULT_TTL
     lease_renew_margin: int = DEFAULT_RENEW_MARGIN

@@ -71,7 +71,8 @@ class Agent:
                      previous[0].pod_subnet)
             self.serve(*previous)
         self.membership = m = Membership(self.config, uplink, self.status)
-        lease = m.join(self.stopping, previous[0].pod_subnet if previous else None)
+        lease = m.join(self.stopping,
+                       previous[0].pod_subnet if previous else self.config.prefer_subnet)
         assert m.network is not None and m.backend is not None
         config = replace(self.config, pod_subnet=lease.subnet, cluster_cidr=m.network.network)
         if previous is not None and previous[0].pod_subnet != lease.subnet:

@@ -74,6 +74,8 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
 @click.option("--cluster-cidr", type=Network(),
               help="Static mode: the cluster's pod network (default 10.244.0.0/16).")
 @datastore_options
+@click.option("--prefer-subnet", type=Network(),
+              help="Lease this subnet if it is free and the node holds none yet.")
 @click.option("--label", "labels", multiple=True, help="K=V node label, repeatable.")
 @click.option("--lease-ttl", type=click.IntRange(10), default=defaults.DEFAULT_TTL,
               show_default=True, help="Subnet lease TTL, seconds.")

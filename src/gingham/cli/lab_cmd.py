@@ -10,7 +10,16 @@ import sys
 import click
 
 from gingham.cli.agent_cmd import Network
-from gingham.lab.plan import DEFAULT_LAB, DEFAULT_POD_CIDR, check_lab_name
+from gingham.lab.plan import (
+    DATASTORES,
+    DEFAULT_BACKEND,
+    DEFAULT_DATASTORE,
+    DEFAULT_LAB,
+    DEFAULT_POD_CIDR,
+    check_lab_name,
+)
+from gingham.lab.state import LabFiles
+from gingham.model.network import KNOWN_BACKENDS
 
 RATE = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
 RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -92,16 +101,25 @@ def lab() -> None:
 @lab_name_option
 @click.option("--nodes", type=click.IntRange(1, 200), default=1, show_default=True)
 @click.option("--pod-cidr", type=Network(), default=str(DEFAULT_POD_CIDR), show_default=True)
-def up(lab: str, nodes: int, pod_cidr: ipaddress.IPv4Network) -> None:
-    """Build the lab: underlay, nodes running the agent, external host."""
+@click.option("--datastore", type=click.Choice(DATASTORES), default=DEFAULT_DATASTORE,
+              show_default=True, help="etcd runs in LAB-control on the underlay.")
+@click.option("--backend", type=click.Choice(KNOWN_BACKENDS), default=DEFAULT_BACKEND,
+              show_default=True)
+def up(lab: str, nodes: int, pod_cidr: ipaddress.IPv4Network, datastore: str,
+       backend: str) -> None:
+    """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
 
-    plan = LabPlan.single_segment(lab, nodes, pod_cidr)
+    plan = LabPlan.single_segment(lab, nodes, pod_cidr, datastore=datastore, backend=backend)
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
+    files = LabFiles(lab)
     for node in plan.nodes:
-        click.echo(f"{node.name}  {node.address.ip}  pods {node.pod_subnet}")
+        leased = (cluster.node_status(files, node.name) or {}).get("subnet", "?")
+        click.echo(f"{node.name}  {node.address.ip}  pods {leased}")
     click.echo(f"external  {plan.external.address.ip}")
+    if datastore == "etcd":
+        click.echo(f"etcd      {plan.control.address.ip}")
 
 
 @lab.command()
@@ -180,6 +198,30 @@ def exec_(lab: str, target: str, command: tuple[str, ...]) -> None:
     from gingham.lab import cluster, procs
 
     procs.exec_in(cluster.target_netns(lab, target), list(command))
+
+
+@lab.group()
+def node() -> None:
+    """Nodes joining and leaving a running lab."""
+
+
+@node.command("add")
+@lab_name_option
+def node_add(lab: str) -> None:
+    """Add the next node (nodeK) and wait until its agent serves; prints its name."""
+    from gingham.lab import cluster
+
+    click.echo(cluster.add_node(lab).name)
+
+
+@node.command("del")
+@lab_name_option
+@click.argument("name")
+def node_del(lab: str, name: str) -> None:
+    """Remove a node, its pods and its subnet lease."""
+    from gingham.lab import cluster
+
+    cluster.delete_node(lab, name)
 
 
 @lab.group()

@@ -14,10 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gingham.agent.config import CONFLIST_NAME
+from gingham.agent.status import read_status
 from gingham.cni.install import install_plugins
 from gingham.dataplane import netns
 from gingham.dataplane.bridge import link_index
-from gingham.lab import procs
+from gingham.lab import control, procs
 from gingham.lab.plan import (
     HostPlan,
     LabPlan,
@@ -49,14 +50,20 @@ class LabExists(LabError):
 
 def plan_of(record: LabRecord) -> LabPlan:
     p = record.plan
+
+    def host(h: dict) -> HostPlan:
+        return HostPlan(h["name"], ipaddress.IPv4Interface(h["address"]))
+
     return LabPlan(
         name=p["name"],
         pod_cidr=ipaddress.IPv4Network(p["pod_cidr"]),
         underlay=ipaddress.IPv4Network(p["underlay"]),
         nodes=tuple(NodePlan(n["name"], ipaddress.IPv4Interface(n["address"]),
                              ipaddress.IPv4Network(n["pod_subnet"])) for n in p["nodes"]),
-        external=HostPlan(p["external"]["name"],
-                          ipaddress.IPv4Interface(p["external"]["address"])),
+        external=host(p["external"]),
+        control=host(p["control"]),
+        datastore=p["datastore"],
+        backend=p["backend"],
     )
 
 
@@ -100,13 +107,13 @@ def _build_underlay(lab: str) -> None:
         ul.link("set", index=link_index(ul, "lo"), state="up")
 
 
-def agent_argv(files: LabFiles, plan: LabPlan, node: NodePlan) -> list[str]:
+def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
     node_dir = files.node_dir(node.name)
     return [
         sys.executable, "-m", "gingham.cli.main", "agent",
         "--node-name", node.name,
-        "--subnet", str(node.pod_subnet),
-        "--cluster-cidr", str(plan.pod_cidr),
+        *control.agent_store_args(record),
+        "--prefer-subnet", str(node.pod_subnet),
         "--iface", "eth0",
         "--socket", str(files.agent_socket(node.name)),
         "--state-dir", str(node_dir / "state"),
@@ -115,11 +122,12 @@ def agent_argv(files: LabFiles, plan: LabPlan, node: NodePlan) -> list[str]:
     ]
 
 
-def start_agent(files: LabFiles, plan: LabPlan, node: NodePlan) -> int:
+def start_agent(files: LabFiles, record: LabRecord, node: NodePlan) -> int:
     files.node_dir(node.name).mkdir(parents=True, exist_ok=True)
     files.agent_socket(node.name).unlink(missing_ok=True)
     with open(files.agent_log(node.name), "ab") as logfile:
-        proc = procs.popen_in(netns_name(plan.name, node.name), agent_argv(files, plan, node),
+        proc = procs.popen_in(netns_name(record.name, node.name),
+                              agent_argv(files, record, node),
                               stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
                               start_new_session=True)
     return proc.pid
@@ -182,18 +190,76 @@ def up(plan: LabPlan, files: LabFiles | None = None) -> LabRecord:
 
 
 def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
-    for host in (UNDERLAY, plan.external.name, *(n.name for n in plan.nodes)):
+    hosts = [plan.external, *([plan.control] if plan.datastore == "etcd" else [])]
+    for host in (UNDERLAY, *(h.name for h in hosts), *(n.name for n in plan.nodes)):
         _add_netns(netns_name(plan.name, host))
     _build_underlay(plan.name)
-    _wire_host(plan.name, plan.external, None)
+    for host in hosts:
+        _wire_host(plan.name, host, None)
     for node in plan.nodes:
         _wire_host(plan.name, node, plan.external.address.ip)
+    control.start_datastore(plan, files, record)
+    control.write_network_config(plan, record)
     install_plugins(files.bin_dir)
     for node in plan.nodes:
-        record.agents[node.name] = start_agent(files, plan, node)
+        record.agents[node.name] = start_agent(files, record, node)
         files.save(record)
     for node in plan.nodes:
         wait_for_agent(files, node.name, record.agents[node.name])
+
+
+def node_status(files: LabFiles, node: str) -> dict | None:
+    """The node agent's own status.json (lease, datastore state, problems)."""
+    return read_status(files.node_dir(node) / "run" / "status.json")
+
+
+# -- nodes joining and leaving a running lab ------------------------------------------
+
+
+def add_node(lab: str, files: LabFiles | None = None) -> NodePlan:
+    """A new node on the underlay, running an agent that joins the cluster."""
+    files = files or LabFiles(lab)
+    with files.locked():
+        record = files.load()
+        plan = plan_of(record)
+        plan = plan.with_node(plan.next_node_index())
+        node = plan.nodes[-1]
+        record.plan = _plan_json(plan)  # recorded first: `down` finds a half-added node
+        files.save(record)
+    _add_netns(netns_name(lab, node.name))
+    _wire_host(lab, node, plan.external.address.ip)
+    with files.locked():
+        record = files.load()
+        record.agents[node.name] = start_agent(files, record, node)
+        files.save(record)
+    wait_for_agent(files, node.name, record.agents[node.name])
+    return node
+
+
+def delete_node(lab: str, name: str, files: LabFiles | None = None) -> None:
+    """Stop the node's agent, remove it, its pods and its lease: as a node leaving for good
+    (an operator deleting it), so the other nodes drop their routes to it at once."""
+    files = files or LabFiles(lab)
+    with files.locked():
+        record = files.load()
+        plan = plan_of(record).without_node(name)
+        pid = record.agents.pop(name, None)
+        pods = [p for p in record.pods.values() if p.node == name]
+        for pod in pods:
+            record.pods.pop(pod.ref)
+        record.plan = _plan_json(plan)
+        files.save(record)
+    if pid is not None and _is_our_agent(files, name, pid):
+        procs.stop_pids([pid])
+    for ns in [p.netns for p in pods] + [netns_name(lab, name)]:
+        procs.stop_pids(procs.pids_in_netns(ns))
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with control.lab_registry(record) as registry:
+        for lease in registry.leases().leases:
+            if lease.attrs.node_name == name:
+                registry.delete_lease(lease)
+        registry.delete_node(name)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(files.node_dir(name))], check=True)
 
 
 # -- down -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 POD_PART = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$")
@@ -18,6 +18,10 @@ DEFAULT_UNDERLAY = ipaddress.IPv4Network("192.168.50.0/24")
 NODE_SUBNET_PREFIX = 24
 FIRST_NODE_HOST = 11  # node k is .(10+k) on the underlay
 EXTERNAL = "external"
+CONTROL = "control"
+DATASTORES = ("embedded", "etcd")
+DEFAULT_DATASTORE = "embedded"
+DEFAULT_BACKEND = "host-gw"
 
 
 class PlanError(ValueError):
@@ -64,6 +68,9 @@ class LabPlan:
     underlay: ipaddress.IPv4Network
     nodes: tuple[NodePlan, ...]
     external: HostPlan
+    control: HostPlan  # runs etcd when the datastore is etcd
+    datastore: str = DEFAULT_DATASTORE
+    backend: str = DEFAULT_BACKEND
 
     @classmethod
     def single_segment(
@@ -72,34 +79,49 @@ class LabPlan:
         nodes: int,
         pod_cidr: ipaddress.IPv4Network = DEFAULT_POD_CIDR,
         underlay: ipaddress.IPv4Network = DEFAULT_UNDERLAY,
+        datastore: str = DEFAULT_DATASTORE,
+        backend: str = DEFAULT_BACKEND,
     ) -> LabPlan:
         check_lab_name(name)
         if nodes < 1:
             raise PlanError("a lab needs at least one node")
-        subnets = list(pod_cidr.subnets(new_prefix=NODE_SUBNET_PREFIX)) \
-            if pod_cidr.prefixlen <= NODE_SUBNET_PREFIX else []
-        if len(subnets) < nodes + 1:
-            raise PlanError(f"pod CIDR {pod_cidr} has too few /{NODE_SUBNET_PREFIX} subnets "
-                            f"for {nodes} nodes (node k gets subnet k)")
-        hosts = list(underlay.hosts())
-        if len(hosts) < FIRST_NODE_HOST + nodes:
-            raise PlanError(f"underlay {underlay} is too small for {nodes} nodes")
+        if datastore not in DATASTORES:
+            raise PlanError(f"datastore {datastore!r} is not one of {', '.join(DATASTORES)}")
         if underlay.overlaps(pod_cidr):
             raise PlanError(f"underlay {underlay} overlaps the pod CIDR {pod_cidr}")
+        hosts = list(underlay.hosts())
+        if len(hosts) < FIRST_NODE_HOST + 1:
+            raise PlanError(f"underlay {underlay} is too small for a lab")
+        plan = cls(name=name, pod_cidr=pod_cidr, underlay=underlay, nodes=(),
+                   external=HostPlan(EXTERNAL, _on(underlay, hosts[-1])),
+                   control=HostPlan(CONTROL, _on(underlay, hosts[1])),
+                   datastore=datastore, backend=backend)
+        for k in range(1, nodes + 1):
+            plan = plan.with_node(k)
+        return plan
 
-        def on_underlay(address: ipaddress.IPv4Address) -> ipaddress.IPv4Interface:
-            return ipaddress.IPv4Interface(f"{address}/{underlay.prefixlen}")
+    def with_node(self, k: int) -> LabPlan:
+        """This plan plus node k: underlay address .(10+k), preferred pod subnet k."""
+        hosts = list(self.underlay.hosts())
+        subnets = list(self.pod_cidr.subnets(new_prefix=NODE_SUBNET_PREFIX)) \
+            if self.pod_cidr.prefixlen <= NODE_SUBNET_PREFIX else []
+        if k >= len(subnets):
+            raise PlanError(f"pod CIDR {self.pod_cidr} has too few /{NODE_SUBNET_PREFIX} "
+                            f"subnets for node{k} (node k gets subnet k)")
+        if FIRST_NODE_HOST - 2 + k >= len(hosts) - 1:
+            raise PlanError(f"underlay {self.underlay} is too small for node{k}")
+        if any(n.name == f"node{k}" for n in self.nodes):
+            raise PlanError(f"lab {self.name} already has node{k}")
+        node = NodePlan(f"node{k}", _on(self.underlay, hosts[FIRST_NODE_HOST - 2 + k]),
+                        subnets[k])
+        return replace(self, nodes=(*self.nodes, node))
 
-        return cls(
-            name=name,
-            pod_cidr=pod_cidr,
-            underlay=underlay,
-            nodes=tuple(
-                NodePlan(f"node{k}", on_underlay(hosts[FIRST_NODE_HOST - 2 + k]), subnets[k])
-                for k in range(1, nodes + 1)
-            ),
-            external=HostPlan(EXTERNAL, on_underlay(hosts[-1])),
-        )
+    def without_node(self, name: str) -> LabPlan:
+        self.node(name)
+        return replace(self, nodes=tuple(n for n in self.nodes if n.name != name))
+
+    def next_node_index(self) -> int:
+        return max((int(n.name.removeprefix("node")) for n in self.nodes), default=0) + 1
 
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:
@@ -107,3 +129,8 @@ class LabPlan:
                 return node
         raise PlanError(f"lab {self.name} has no node {name!r} "
                         f"(nodes: {', '.join(n.name for n in self.nodes)})")
+
+
+def _on(underlay: ipaddress.IPv4Network, address: ipaddress.IPv4Address
+        ) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{address}/{underlay.prefixlen}")

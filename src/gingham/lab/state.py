@@ -37,6 +37,7 @@ class LabRecord:
     name: str
     plan: dict
     agents: dict[str, int] = field(default_factory=dict)  # node -> agent PID
+    datastore: dict = field(default_factory=dict)  # kind, path or endpoints+netns+pid
     pods: dict[str, PodRecord] = field(default_factory=dict)  # "ns/pod" -> record
 
     def to_json(self) -> str:
