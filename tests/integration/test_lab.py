@@ -136,15 +136,18 @@ def test_status_table_and_json(built):
     table = lab.gingham("status")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0] == (f"lab {lab.name}: pod CIDR 10.244.0.0/16, underlay 192.168.50.0/24, "
-                        f"external {EXTERNAL}")
-    assert lines[1].split() == ["NODE", "ADDRESS", "POD", "SUBNET", "AGENT", "PID", "PODS"]
-    assert lines[2].split() == ["node1", NODE1, "10.244.1.0/24", "running", str(pid), "3"]
+    assert lines[0] == (f"lab {lab.name}: pod CIDR 10.244.0.0/16, backend host-gw, datastore "
+                        f"embedded, underlay 192.168.50.0/24, external {EXTERNAL}")
+    assert lines[1].split() == ["NODE", "ADDRESS", "POD", "SUBNET", "DATASTORE", "AGENT", "PID",
+                                "PODS"]
+    assert lines[2].split() == ["node1", NODE1, "10.244.1.0/24", "ok", "running", str(pid), "3"]
     status = json.loads(lab.gingham("status", "--json").stdout)
     assert status == {
         "name": lab.name, "podCidr": "10.244.0.0/16", "external": EXTERNAL,
+        "datastore": "embedded", "backend": "host-gw",
         "nodes": [{"name": "node1", "address": NODE1, "podSubnet": "10.244.1.0/24",
-                   "agentPid": pid, "agent": "running", "pods": 3}],
+                   "datastore": "ok", "agentPid": pid, "agent": "running", "pods": 3,
+                   "problems": []}],
     }
 
 
@@ -271,7 +274,7 @@ def test_down_after_the_agent_crashed(cli, lab_name):
     while procs.is_alive(agents["node1"]) and time.monotonic() < deadline:
         time.sleep(0.02)
     status = cli("lab", "status", "--name", lab_name)
-    assert [line.split()[3] for line in status.stdout.splitlines()[2:]] == ["down", "running"]
+    assert [line.split()[4] for line in status.stdout.splitlines()[2:]] == ["down", "running"]
     down = cli("lab", "down", "--name", lab_name)
     assert down.returncode == 0, down.stderr
     assert not lab_namespaces(lab_name)

@@ -10,6 +10,7 @@ import sys
 import click
 
 from gingham.cli.agent_cmd import Network
+from gingham.cli.table import format_table
 from gingham.lab.plan import (
     DATASTORES,
     DEFAULT_BACKEND,
@@ -143,23 +144,32 @@ def status(lab: str, as_json: bool) -> None:
     files = LabFiles(lab)
     record = files.load()
     plan = cluster.plan_of(record)
-    nodes = [
-        {"name": n.name, "address": str(n.address.ip), "podSubnet": str(n.pod_subnet),
-         "agentPid": record.agents.get(n.name),
-         "agent": "running" if cluster.agent_running(files, n.name, record.agents.get(n.name))
-         else "down",
-         "pods": sum(1 for p in record.pods.values() if p.node == n.name)}
-        for n in plan.nodes
-    ]
+    nodes = []
+    for n in plan.nodes:
+        agent = cluster.node_status(files, n.name) or {}
+        nodes.append({
+            "name": n.name, "address": str(n.address.ip),
+            "podSubnet": agent.get("subnet") or "-",
+            "datastore": agent.get("datastore", "-"),
+            "agentPid": record.agents.get(n.name),
+            "agent": "running" if cluster.agent_running(files, n.name,
+                                                        record.agents.get(n.name)) else "down",
+            "pods": sum(1 for p in record.pods.values() if p.node == n.name),
+            "problems": agent.get("problems", []),
+        })
     if as_json:
-        click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr), "nodes": nodes,
-                               "external": str(plan.external.address.ip)}, indent=2))
+        click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
+                               "datastore": plan.datastore, "backend": plan.backend,
+                               "nodes": nodes, "external": str(plan.external.address.ip)},
+                              indent=2))
         return
-    click.echo(f"lab {lab}: pod CIDR {plan.pod_cidr}, underlay {plan.underlay}, "
-               f"external {plan.external.address.ip}")
-    click.echo(_table([("NODE", "ADDRESS", "POD SUBNET", "AGENT", "PID", "PODS")] + [
-        (n["name"], n["address"], n["podSubnet"], n["agent"], str(n["agentPid"]),
-         str(n["pods"])) for n in nodes]))
+    click.echo(f"lab {lab}: pod CIDR {plan.pod_cidr}, backend {plan.backend}, datastore "
+               f"{plan.datastore}, underlay {plan.underlay}, external {plan.external.address.ip}")
+    click.echo(format_table([("NODE", "ADDRESS", "POD SUBNET", "DATASTORE", "AGENT", "PID",
+                              "PODS")] + [
+        (n["name"], n["address"], n["podSubnet"], n["datastore"], n["agent"],
+         str(n["agentPid"]), str(n["pods"])) for n in nodes]))
+    _print_problems({n["name"]: n["problems"] for n in nodes})
 
 
 @lab.command()
@@ -171,15 +181,20 @@ def check(lab: str, as_json: bool) -> None:
     from gingham.lab import cluster
     from gingham.lab.state import LabFiles
 
-    record = LabFiles(lab).load()
-    results = checks.run_probes(checks.plan_probes(cluster.plan_of(record), record))
+    files = LabFiles(lab)
+    record = files.load()
+    plan = cluster.plan_of(record)
+    results = checks.run_probes(checks.plan_probes(plan, record))
     failed = sum(1 for r in results if not r.ok)
+    problems = {n.name: (cluster.node_status(files, n.name) or {}).get("problems", [])
+                for n in plan.nodes}
     if as_json:
-        click.echo(json.dumps({"ok": failed == 0, "results": [r.to_json() for r in results]},
-                              indent=2))
+        click.echo(json.dumps({"ok": failed == 0, "results": [r.to_json() for r in results],
+                               "problems": problems}, indent=2))
     else:
-        click.echo(checks.render_table(results))
+        click.echo(format_table(checks.table_rows(results)))
         click.echo(f"{len(results) - failed}/{len(results)} reachable")
+        _print_problems(problems)
     # The verdict also goes to stderr, so a failing check says why even with --json.
     if not results:
         click.echo(f"gingham: error: lab {lab} has no pods to check", err=True)
@@ -281,12 +296,14 @@ def pod_list(lab: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([asdict(p) for p in pods], indent=2))
         return
-    click.echo(_table([("POD", "NODE", "IP", "NETNS", "LABELS")] + [
+    click.echo(format_table([("POD", "NODE", "IP", "NETNS", "LABELS")] + [
         (p.ref, p.node, p.ip or "-", p.netns,
          ",".join(f"{k}={v}" for k, v in sorted(p.labels.items())) or "-") for p in pods]))
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+
+def _print_problems(problems: dict[str, list[str]]) -> None:
+    """What the agents say is wrong: the reason behind an unreachable pair."""
+    lines = [f"  {node}: {p}" for node, items in problems.items() for p in items]
+    if lines:
+        click.echo("problems reported by the agents:\n" + "\n".join(lines))

@@ -72,13 +72,11 @@ def run_probes(probes: list[Probe]) -> list[ProbeResult]:
         return list(pool.map(ping, probes))
 
 
-def render_table(results: list[ProbeResult]) -> str:
+def table_rows(results: list[ProbeResult]) -> list[tuple[str, ...]]:
     rows = [("KIND", "FROM", "TO", "ADDRESS", "RESULT", "RTT")]
     for r in results:
         p = r.probe
         rows.append((p.kind, p.source, p.target, p.address,
                      "ok" if r.ok else "UNREACHABLE",
                      f"{r.rtt_ms:.3f} ms" if r.rtt_ms is not None else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+    return rows
