@@ -1,7 +1,9 @@
-"""The agent's unix socket: one connection per plugin exec, served by a worker pool.
+"""The agent's unix socket: one connection per plugin exec, served by a fixed set of workers.
 
-Workers keep their netlink handles between calls (see CniService.node), so the pool is
-fixed-size rather than a thread per connection.
+Each worker thread accepts and answers calls itself, so a call never waits on a hand-off
+between threads (a pool fed by one accepting thread costs a wake-up per call), and keeps its
+netlink handles between calls (see CniService.node). The kernel gives each connection to
+one of the workers blocked in accept.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 from gingham.agent.cni_service import CniService
@@ -19,14 +21,16 @@ from gingham.cni.wire import WireError, decode_request, encode_reply
 
 log = logging.getLogger("gingham.agent.server")
 MAX_REQUEST = 16 << 20
+ACCEPT_RETRY = 0.1  # seconds, after accept fails for want of fds or memory
 
 
 class PluginServer:
     def __init__(self, path: Path, service: CniService, workers: int) -> None:
         self.path = path
         self.service = service
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
+        self.workers = max(1, workers)
         self.sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
     def bind(self) -> None:
@@ -39,23 +43,42 @@ class PluginServer:
         self.sock = sock
 
     def serve_forever(self) -> None:
+        """Serve until stop(); the calling thread only waits (signals reach it there)."""
         assert self.sock is not None
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    break
-                raise
-            self.pool.submit(self._serve, conn)
+        self._threads = [threading.Thread(target=self._work, name=f"cni-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
+        self._stopping.wait()
 
     def stop(self) -> None:
         self._stopping.set()
         if self.sock is not None:
+            # Wakes every worker blocked in accept (EINVAL); a worker mid-call finishes it.
             self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
         self.path.unlink(missing_ok=True)
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        assert self.sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError as err:
+                if self._stopping.is_set():
+                    return
+                # EMFILE, ENOBUFS, ECONNABORTED...: transient; a worker must not die of it.
+                log.warning("accept failed: %s", err)
+                time.sleep(ACCEPT_RETRY)
+                continue
+            try:
+                self._serve(conn)
+            except WireError as err:  # too large: dropped unanswered, the shim says so
+                log.warning("dropped a plugin call: %s", err)
+            except Exception:
+                log.exception("a plugin call failed outside the CNI service")
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:

@@ -93,9 +93,14 @@ class PoolDirectory:
             return None
 
     def _write_last(self, address: ipaddress.IPv4Address) -> None:
-        tmp = self.path / f".{LAST_RESERVED}.tmp"
-        tmp.write_text(str(address))
-        os.replace(tmp, self.path / LAST_RESERVED)
+        # Written in place, not replaced by rename: a rename makes ext4 flush the new file
+        # early (~0.35 ms per ADD). The file is only a hint for where to search next, and
+        # last_reserved() reads a torn write as "no hint".
+        fd = os.open(self.path / LAST_RESERVED, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, str(address).encode().ljust(15), 0)
+        finally:
+            os.close(fd)
 
     def _remember(self, address: ipaddress.IPv4Address, owner: Owner | None) -> None:
         # We hold the lock, so the only change since the cache was read is our own.

@@ -1,0 +1,228 @@
+"""CNI ADD/DEL latency: Gingham's plugin against the reference Go `bridge` + `host-local`.
+
+One lab node, one run. Each plugin is exec'd as a runtime execs it: CNI_* in the environment,
+the network config on stdin, the process in the node's network namespace. Pod namespaces are
+made before the clock starts; only the plugin exec (spawn to exit) is timed. Gingham and the
+reference alternate pod by pod, and which one goes first alternates too, so background load
+on the box falls on both alike.
+
+    .venv/bin/python bench/cni_latency.py [--pods 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gingham.agent.config import CONFLIST_NAME
+from gingham.dataplane import netns
+from gingham.lab import cluster, procs
+from gingham.lab.plan import LabPlan, netns_name, pod_netns_name
+from gingham.lab.state import LabFiles
+
+REFERENCE_DIR = Path("/usr/lib/cni")
+NODE = "node1"
+IFNAME = "eth0"
+WARMUP = 3  # per plugin, untimed: the first ADD of the reference creates its bridge
+# The agent's node subnet is a /24; doing pods in batches keeps any --pods within it.
+BATCH = 200
+REF_BRIDGE = "cni1"
+REF_SUBNET = "10.99.0.0/16"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Plugin:
+    label: str
+    binary: Path
+    config: bytes
+    cni_path: str
+    samples: dict[str, list[float]] = field(default_factory=lambda: {"ADD": [], "DEL": []})
+
+
+def gingham_plugin(files: LabFiles) -> Plugin:
+    conflist = json.loads((files.conf_dir(NODE) / CONFLIST_NAME).read_text())
+    main = next(p for p in conflist["plugins"] if p["type"] == "gingham")
+    config = {
+        "cniVersion": "1.0.0",
+        "name": conflist["name"],
+        "type": "gingham",
+        "bridge": main.get("bridge", "cni0"),
+        "mtu": main.get("mtu", 1500),
+        "hairpinMode": main.get("hairpinMode", True),
+        "agentSocket": main["agentSocket"],
+        "ipam": {"type": "gingham-ipam"},
+    }
+    return Plugin("gingham", files.bin_dir / "gingham", json.dumps(config).encode(),
+                  f"{files.bin_dir}:{REFERENCE_DIR}")
+
+
+def reference_plugin(files: LabFiles) -> Plugin:
+    # The same shape of pod as Gingham's: gateway on the bridge, default route, hairpin.
+    # host-local keeps its state inside the lab's directory, which `down` removes.
+    config = {
+        "cniVersion": "1.0.0",
+        "name": "benchref",
+        "type": "bridge",
+        "bridge": REF_BRIDGE,
+        "isGateway": True,
+        "ipMasq": False,
+        "hairpinMode": True,
+        "mtu": 1500,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": REF_SUBNET}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": str(files.dir / "bench-host-local"),
+        },
+    }
+    return Plugin("reference", REFERENCE_DIR / "bridge", json.dumps(config).encode(),
+                  str(REFERENCE_DIR))
+
+
+def exec_plugin(plugin: Plugin, command: str, container_id: str, pod_ns: str) -> float:
+    """Run one plugin call in this thread's namespace (the node's); seconds it took."""
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": procs.netns_path(pod_ns),
+        "CNI_IFNAME": IFNAME,
+        "CNI_ARGS": "IgnoreUnknown=1",
+        "CNI_PATH": plugin.cni_path,
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    }
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(plugin.binary)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = proc.communicate(plugin.config, timeout=60)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"{plugin.label} {command} in {pod_ns} failed "
+                         f"(exit {proc.returncode}): {(out or err).decode(errors='replace')}")
+    return elapsed
+
+
+def make_netns(names: list[str]) -> None:
+    # One `ip` process for all of them: `-batch` keeps set-up out of the run time budget.
+    script = "".join(f"netns add {n}\n" for n in names)
+    proc = subprocess.run(["ip", "-batch", "-"], input=script, text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise BenchError(f"could not create pod namespaces: {proc.stderr.strip()}")
+
+
+def delete_netns(names: list[str]) -> None:
+    script = "".join(f"netns del {n}\n" for n in names)
+    subprocess.run(["ip", "-force", "-batch", "-"], input=script, text=True,
+                   capture_output=True)
+
+
+def run_batch(lab: str, plugins: list[Plugin], first: int, count: int, timed: bool) -> None:
+    pods = {p.label: [pod_netns_name(lab, "bench", f"{p.label[0]}{first + i}")
+                      for i in range(count)] for p in plugins}
+    make_netns([ns for names in pods.values() for ns in names])
+    try:
+        ids = [secrets.token_hex(32) for _ in range(count)]
+        # The node's namespace, entered once: every plugin process is born in it.
+        with netns.entered(procs.netns_path(netns_name(lab, NODE))):
+            for command in ("ADD", "DEL"):
+                for i in range(count):
+                    order = plugins if (first + i) % 2 == 0 else plugins[::-1]
+                    for plugin in order:
+                        took = exec_plugin(plugin, command, ids[i], pods[plugin.label][i])
+                        if timed:
+                            plugin.samples[command].append(took)
+    finally:
+        delete_netns([ns for names in pods.values() for ns in names])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: an observed value, no interpolation."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def report(plugins: list[Plugin], pods: int, seconds: float) -> None:
+    print(f"\nCNI latency, {pods} pods per plugin, one lab node ({seconds:.1f}s total)")
+    print(f"{'plugin':<10} {'op':<4} {'min':>8} {'median':>8} {'p95':>8}   (ms)")
+    for plugin in plugins:
+        for command in ("ADD", "DEL"):
+            ms = [s * 1000 for s in plugin.samples[command]]
+            print(f"{plugin.label:<10} {command:<4} {min(ms):8.2f} {statistics.median(ms):8.2f} "
+                  f"{percentile(ms, 95):8.2f}")
+    ours, ref = plugins
+    for command in ("ADD", "DEL"):
+        ratio = statistics.median(ours.samples[command]) / statistics.median(ref.samples[command])
+        print(f"median {command} ratio gingham/reference: {ratio:.2f}")
+
+
+def _terminate(signum, frame):
+    # SIGTERM takes the same path as Ctrl-C, so the finally below tears everything down.
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=100, help="pods per plugin (default 100)")
+    parser.add_argument("--lab", default="bench" + secrets.token_hex(2),
+                        help="lab name (default: bench + 4 random hex digits)")
+    args = parser.parse_args()
+    if args.pods < 1:
+        parser.error("--pods must be at least 1")
+    if os.geteuid() != 0:
+        parser.error("needs root: it builds network namespaces")
+    for binary in ("bridge", "host-local"):
+        if not (REFERENCE_DIR / binary).exists():
+            parser.error(f"reference plugin {REFERENCE_DIR / binary} is missing "
+                         "(apt-get install containernetworking-plugins)")
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    files = LabFiles(args.lab)
+    print(f"lab {args.lab}: starting", file=sys.stderr)
+    ours = True  # whatever exists under the lab's name is torn down, unless it predates us
+    try:
+        try:
+            cluster.up(LabPlan.single_segment(args.lab, 1), files)
+        except cluster.LabExists as err:
+            ours = False
+            raise BenchError(str(err)) from None
+        plugins = [gingham_plugin(files), reference_plugin(files)]
+        run_batch(args.lab, plugins, 0, WARMUP, timed=False)
+        done = 0
+        while done < args.pods:
+            count = min(BATCH, args.pods - done)
+            run_batch(args.lab, plugins, WARMUP + done, count, timed=True)
+            done += count
+        report(plugins, args.pods, time.monotonic() - started)
+        return 0
+    except (BenchError, cluster.LabError) as err:
+        print(f"bench failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the teardown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if ours:
+            try:
+                cluster.down(args.lab, files)
+            except Exception as err:  # report, but still exit; `gingham lab down` can retry
+                print(f"teardown of lab {args.lab} failed: {err}", file=sys.stderr)
+
+if __name__ == "__main__":
+    sys.exit(main())
