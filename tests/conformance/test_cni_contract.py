@@ -222,6 +222,14 @@ def test_agent_unreachable(shared_plugins: PluginCaller, shared_node: Node, pod_
     assert "no-agent.sock" in error["details"]
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
+@pytest.mark.parametrize("stdin", [b'{"agentSocket": "/nonexistent/agent.sock", ', b"[1, 2]"])
+def test_bad_json_is_6_even_with_no_agent(shared_plugins: PluginCaller, plugin: str,
+                                          stdin: bytes) -> None:
+    reply = shared_plugins.call(plugin, "ADD", stdin)
+    assert assert_error(reply, 6)["msg"] == "network config is not a JSON object"
+
+
 def test_error_object_speaks_the_config_version(shared_plugins: PluginCaller,
                                                 shared_node: Node) -> None:
     conf = shared_node.conf(cniVersion="0.4.0", name="")

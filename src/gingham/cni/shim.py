@@ -22,6 +22,7 @@ WIRE_MAGIC = b"GINGHAM/1"
 TRY_AGAIN_LATER = 11
 PLUGIN_NOT_AVAILABLE = 50
 INVALID_ENVIRONMENT = 4
+DECODING_FAILURE = 6
 
 
 def string_field(data, key):
@@ -44,6 +45,17 @@ def fail(code, msg, details, version):
     write_all(b'{"cniVersion":"%s","code":%d,"msg":"%s","details":"%s"}'
               % (version, code, msg, details))
     return 1
+
+
+def is_json_object(data):
+    """Only on the failure path, where the agent cannot judge the config for us: the json
+    import costs ~7 ms, too much for every call."""
+    import json
+
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
 
 
 def write_all(data):
@@ -78,6 +90,8 @@ def main():
             chunks.append(chunk)
         sock.close()
     except OSError as err:
+        if not is_json_object(stdin):  # "try again later" would be wrong for a bad config
+            return fail(DECODING_FAILURE, b"network config is not a JSON object", b"", version)
         code = PLUGIN_NOT_AVAILABLE if command == b"STATUS" else TRY_AGAIN_LATER
         return fail(code, b"gingham agent unreachable", path + b": " + str(err).encode(), version)
     reply = b"".join(chunks)
