@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from gingham.agent.status import StatusFile
 from gingham.backends.base import Backend
+from gingham.dataplane import netns
+from gingham.dataplane.routes import RouteIntent, read_routes
 from gingham.store.contract import DELETE, Compacted, StoreError, Watch
 from gingham.subnet.lease import Lease, LeaseDataError, subnet_of_key
 from gingham.subnet.registry import SubnetRegistry
@@ -30,6 +32,9 @@ class ClusterSync:
         self.status = status
         self.stopping = threading.Event()
         self._watch: Watch | None = None
+        # The last picture applied: a lease whose value goes bad keeps what it last said
+        # across resyncs, as it does on the watch path.
+        self._known: dict[ipaddress.IPv4Network, Lease] = {}
         self._thread = threading.Thread(target=self.run, name="cluster-sync", daemon=True)
 
     def start(self) -> None:
@@ -63,6 +68,10 @@ class ClusterSync:
         self.status.update(datastore="ok")
         leases = {lease.subnet: lease for lease in listing.leases}
         bad = dict(p.split(": ", 1) for p in listing.problems)
+        for subnet in map(self._subnet, bad):
+            if subnet is not None and subnet not in leases and subnet in self._known:
+                leases[subnet] = self._known[subnet]
+        self._known = leases  # kept current by _on_event from here on
         self.apply(leases, bad)
         self._watch = self.registry.watch_leases(listing.revision + 1)
         if self.stopping.is_set():
@@ -86,12 +95,32 @@ class ClusterSync:
             if event.type != DELETE:
                 bad[event.key] = str(err)
 
+    def _subnet(self, key: str) -> ipaddress.IPv4Network | None:
+        try:
+            return subnet_of_key(self.registry.prefix, key)
+        except LeaseDataError:
+            return None
+
+    def _held_routes(self, leases: dict, bad: dict[str, str]) -> set[RouteIntent]:
+        """Routes already programmed to subnets whose lease does not parse and that this
+        process never saw a good value for (it has just started): left as they are, since
+        a value that does not parse says nothing, least of all "remove the route"."""
+        subnets = {s for s in map(self._subnet, bad) if s is not None and s not in leases}
+        if not subnets:
+            return set()
+        with netns.iproute() as ipr:
+            owned, _ = read_routes(ipr)
+        return {route for route in owned if route.dst in subnets}
+
     def apply(self, leases: dict, bad: dict[str, str]) -> None:
         plan = self.backend.plan(self.own(), list(leases.values()))
+        held = self._held_routes(leases, bad)
+        plan.routes |= held
         problems = plan.problems + self.backend.apply(plan) + [f"{key}: {why}"
                                                               for key, why in bad.items()]
         for problem in problems:
             if problem not in self.status.status.problems:
                 log.warning("%s", problem)
-        self.on_nodes({lease.attrs.public_ip for lease in leases.values()})
+        self.on_nodes({lease.attrs.public_ip for lease in leases.values()}
+                      | {route.gateway for route in held if route.gateway is not None})
         self.status.update(routes=len(plan.routes), problems=problems)

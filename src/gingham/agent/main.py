@@ -9,6 +9,8 @@ nothing already programmed is touched.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import signal
 import threading
@@ -21,6 +23,7 @@ from gingham.agent.membership import Membership
 from gingham.agent.node import MasqueradeNodes, detect_uplink, reconcile_node
 from gingham.agent.server import PluginServer
 from gingham.agent.status import AgentStatus, StatusFile
+from gingham.dataplane import masquerade, nft
 from gingham.model.files import parse_subnet_env
 
 log = logging.getLogger("gingham.agent")
@@ -69,17 +72,23 @@ class Agent:
         if previous is not None:
             log.info("serving the previous subnet %s until the datastore answers",
                      previous[0].pod_subnet)
+            # Said in status.json too, so "error: ..." there reads as degraded, not down.
+            self.status.update(subnet=str(previous[0].pod_subnet))
             self.serve(*previous)
         self.membership = m = Membership(self.config, uplink, self.status)
         lease = m.join(self.stopping,
-                       previous[0].pod_subnet if previous else self.config.prefer_subnet)
-        assert m.network is not None and m.backend is not None
+                       previous[0].pod_subnet if previous else self.config.prefer_subnet,
+                       held=previous is not None)
+        assert m.network is not None and m.backend is not None and m.registry is not None
         config = replace(self.config, pod_subnet=lease.subnet, cluster_cidr=m.network.network)
         if previous is not None and previous[0].pod_subnet != lease.subnet:
             log.warning("lease is %s, not the previous %s: existing pods keep stale addresses",
                         lease.subnet, previous[0].pod_subnet)
         mtu = self.config.mtu or m.backend.mtu(uplink)
         masq = MasqueradeNodes(config, public_ip)
+        # On a restart the table already lists the other nodes: keep them until the first
+        # sync says otherwise, else pod traffic to them would be NATed meanwhile.
+        masq.current |= programmed_nodes()
         reconcile_node(config, mtu, masq.current)
         self.serve(config, mtu)
         self.sync = ClusterSync(m.registry, m.backend, m.own, masq.update, self.status)
@@ -103,6 +112,23 @@ class Agent:
             self.server.stop()
         if self.membership is not None:
             self.membership.close()
+
+
+def programmed_nodes() -> set[ipaddress.IPv4Address]:
+    """The node addresses in this node's masquerade table now (none if there is no table)."""
+    try:
+        objects = nft.list_table(masquerade.FAMILY, masquerade.TABLE) or []
+    except nft.NftError as err:
+        log.warning("cannot read the masquerade table: %s", err)
+        return set()
+    nodes = next((o["set"] for o in objects
+                  if "set" in o and o["set"].get("name") == "nodes"), {})
+    found = set()
+    for elem in nodes.get("elem", []):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            found.add(ipaddress.IPv4Address(elem if isinstance(elem, str)
+                                            else elem["prefix"]["addr"]))
+    return found
 
 
 def run_agent(config: AgentConfig) -> None:

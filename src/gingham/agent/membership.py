@@ -3,6 +3,7 @@ renewed), its node record, and the backend that reaches the other nodes."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -13,7 +14,7 @@ from gingham.backends.base import Backend
 from gingham.backends.registry import make_backend
 from gingham.dataplane.uplink import Uplink
 from gingham.model.network import NetworkConfig
-from gingham.store.contract import StoreError
+from gingham.store.contract import Store, StoreError, StoreUnavailable
 from gingham.store.factory import open_store
 from gingham.subnet.lease import Lease, LeaseAttrs, NodeInfo
 from gingham.subnet.manager import LeaseManager
@@ -31,22 +32,33 @@ class Membership:
         self.uplink = uplink
         self.public_ip = config.public_ip or uplink.address.ip
         self.status = status
-        self.store = open_store(config.store)
-        self.registry = SubnetRegistry(self.store, config.prefix)
+        self.store: Store | None = None
+        self.registry: SubnetRegistry | None = None
         self.network: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.manager: LeaseManager | None = None
         self.lease: Lease | None = None
+        # A store that cannot be opened yet (TLS files missing, an embedded path that cannot
+        # be made) is reported and retried by join() like an unreachable one, the previous
+        # subnet served meanwhile. Bad options (ValueError) fail the start right here.
+        with contextlib.suppress(StoreUnavailable):
+            self._open_store()
 
-    def join(self, stopping: threading.Event,
-             previous: ipaddress.IPv4Network | None) -> Lease:
+    def _open_store(self) -> None:
+        assert self.config.store is not None
+        self.store = open_store(self.config.store)
+        self.registry = SubnetRegistry(self.store, self.config.prefix)
+
+    def join(self, stopping: threading.Event, previous: ipaddress.IPv4Network | None,
+             held: bool = False) -> Lease:
         """Config, backend and lease, retrying until the datastore answers. Errors that a
         retry cannot fix (a bad config, an unknown backend) are reported and retried too:
-        an operator may fix the config while we wait."""
+        an operator may fix the config while we wait. `held`: pods use `previous` already
+        (see LeaseManager.acquire)."""
         last = ""
         while not stopping.is_set():
             try:
-                return self._join_once(previous)
+                return self._join_once(previous, held)
             except (StoreError, ConfigMissing, ValueError, RuntimeError) as err:
                 if str(err) != last:
                     log.error("cannot join the cluster: %s", err)
@@ -55,12 +67,15 @@ class Membership:
             stopping.wait(JOIN_RETRY)
         raise InterruptedError("stopped before joining")
 
-    def _join_once(self, previous: ipaddress.IPv4Network | None) -> Lease:
+    def _join_once(self, previous: ipaddress.IPv4Network | None, held: bool) -> Lease:
+        if self.registry is None:
+            self._open_store()
+        assert self.registry is not None
         network = self.registry.get_config()
         backend = make_backend(network.backend, self.uplink)
         manager = LeaseManager(self.registry, network, self.config.lease_ttl,
                                self.config.lease_renew_margin)
-        lease = manager.acquire(self.attrs(network, backend), previous)
+        lease = manager.acquire(self.attrs(network, backend), previous, held=held)
         self.registry.put_node(NodeInfo(self.config.node_name, self.public_ip,
                                         self.config.labels), lease.store_lease)
         self.network, self.backend, self.manager, self.lease = network, backend, manager, lease
@@ -80,7 +95,7 @@ class Membership:
 
     def keep_lease(self, stopping: threading.Event) -> None:
         """Renew the lease before it runs out, for as long as the agent runs."""
-        assert self.manager is not None
+        assert self.manager is not None and self.registry is not None
         while not stopping.wait(1.0):
             if not self.manager.renew_due():
                 continue
@@ -99,4 +114,5 @@ class Membership:
                                             self.config.labels), renewed.store_lease)
 
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()

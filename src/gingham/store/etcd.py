@@ -127,20 +127,34 @@ class EtcdStore:
         n = len(self.endpoints)
         return [(self._preferred + i) % n for i in range(n)]
 
-    def call(self, path: str, body: dict) -> dict:
-        failures = []
-        for index in self.order():
+    def _exchange(self, index: int, path: str, body: dict) -> tuple[int, bytes]:
+        """One request on the endpoint's kept-alive connection. A connection etcd closed
+        while it sat idle (etcd restarted, or dropped it) fails at once when reused: that
+        gets one retry on a fresh connection instead of counting as the endpoint down."""
+        reused = index in self._local.__dict__.get("conns", {})
+        while True:
             try:
                 conn = self._conn(index)
                 conn.request("POST", path, json.dumps(body),
                              {"Content-Type": "application/json"})
                 resp = conn.getresponse()
-                data = resp.read()
+                return resp.status, resp.read()
             except (OSError, http.client.HTTPException) as err:
                 self._drop(index)
+                # A timeout is a slow endpoint, not a stale connection: no second wait.
+                if not reused or isinstance(err, TimeoutError):
+                    raise
+                reused = False  # the retry is on a fresh connection
+
+    def call(self, path: str, body: dict) -> dict:
+        failures = []
+        for index in self.order():
+            try:
+                status, data = self._exchange(index, path, body)
+            except (OSError, http.client.HTTPException) as err:
                 failures.append(f"{self.endpoints[index].url}: {describe(err)}")
                 continue
-            if resp.status == 503:  # a member without quorum: ask another
+            if status == 503:  # a member without quorum: ask another
                 failures.append(f"{self.endpoints[index].url}: {data[:200]!r}")
                 continue
             self._preferred = index
@@ -148,7 +162,7 @@ class EtcdStore:
                 answer = json.loads(data)
             except ValueError as err:
                 raise StoreError(f"etcd answered {path} with non-JSON: {data[:200]!r}") from err
-            if resp.status != 200:
+            if status != 200:
                 raise StoreError(f"etcd {path}: {answer.get('message') or answer}")
             return answer
         raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(failures))
@@ -260,6 +274,7 @@ class EtcdWatch:
         self.store, self.prefix, self.start_revision = store, prefix, start_revision
         self._cancelled = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
+        self._url = ""  # the endpoint streaming, for error messages
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -289,7 +304,7 @@ class EtcdWatch:
                 continue
             assert conn.sock is not None
             conn.sock.settimeout(None)  # a watch may be quiet for hours
-            self._conn = conn
+            self._conn, self._url = conn, endpoint.url
             return resp
         raise StoreUnavailable("no etcd endpoint accepted a watch: " + "; ".join(failures))
 
@@ -313,16 +328,17 @@ class EtcdWatch:
             except (OSError, http.client.HTTPException, ValueError) as err:
                 if self._cancelled.is_set():
                     return
-                raise StoreUnavailable(f"watch stream broke: {describe(err)}") from err
+                raise StoreUnavailable(f"watch stream from {self._url} broke: "
+                                       f"{describe(err)}") from err
             if not line:
                 if self._cancelled.is_set():
                     return
-                raise StoreUnavailable("etcd closed the watch stream")
+                raise StoreUnavailable(f"etcd {self._url} closed the watch stream")
             if not line.strip():
                 continue
             message = json.loads(line)
             if "error" in message:
-                raise StoreUnavailable(f"watch failed: {message['error']}")
+                raise StoreUnavailable(f"watch on {self._url} failed: {message['error']}")
             result = message.get("result", {})
             if result.get("compact_revision") and result.get("canceled"):
                 raise Compacted(int(result["compact_revision"]))
@@ -336,7 +352,25 @@ class EtcdWatch:
                 )
 
 
+# TLS alerts a server sends when it does not accept the client's certificate (or none).
+CLIENT_CERT_REFUSED = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "UNKNOWN_CA",
+                       "CERTIFICATE_UNKNOWN")
+
+
 def describe(err: BaseException) -> str:
+    # OpenSSL's reason codes alone (SSLV3_ALERT_BAD_CERTIFICATE) do not say whose
+    # certificate is wrong; say which side to look at.
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return (f"TLS: etcd's server certificate is not trusted ({err.verify_message}; "
+                "check the CA file)")
+    # TLS 1.3 checks the client's certificate after the client's side of the handshake is
+    # done: a refusal arrives as an alert, or as a bare EOF when the close wins the race.
+    # One message for both, so a retrying agent logs it once.
+    if isinstance(err, ssl.SSLEOFError) or (
+            isinstance(err, ssl.SSLError)
+            and any(alert in (err.reason or "") for alert in CLIENT_CERT_REFUSED)):
+        return ("TLS: etcd did not accept the client certificate (none given, or not "
+                "signed by etcd's CA)")
     if isinstance(err, ssl.SSLError):
         return f"TLS: {err.reason or err}"
     return str(err) or type(err).__name__

@@ -16,7 +16,13 @@ import time
 
 from gingham.model.network import NetworkConfig
 from gingham.store.contract import LeaseNotFound
-from gingham.subnet.lease import Lease, LeaseAttrs, pick_free_subnet
+from gingham.subnet.lease import (
+    Lease,
+    LeaseAttrs,
+    LeaseDataError,
+    pick_free_subnet,
+    subnet_key,
+)
 from gingham.subnet.registry import SubnetRegistry
 
 log = logging.getLogger("gingham.subnet")
@@ -40,8 +46,11 @@ class LeaseManager:
         self.renew_margin = renew_margin
         self.expires_at = 0.0  # monotonic
 
-    def acquire(self, attrs: LeaseAttrs,
-                previous: ipaddress.IPv4Network | None = None) -> Lease:
+    def acquire(self, attrs: LeaseAttrs, previous: ipaddress.IPv4Network | None = None,
+                *, held: bool = False) -> Lease:
+        """`held`: this node's pods use `previous` (it came from subnet.env), so it is never
+        traded for another subnet just because its key holds a value that does not parse:
+        that is refused (LeaseDataError) until someone fixes or deletes the value."""
         store = self.registry.store
         for _ in range(MAX_RACES):
             listing = self.registry.leases()
@@ -62,6 +71,12 @@ class LeaseManager:
                     return self._held(got)
                 store.revoke(store_lease)
                 continue
+            if held and previous in listing.taken \
+                    and all(lease.subnet != previous for lease in listing.leases):
+                raise LeaseDataError(
+                    f"{subnet_key(self.registry.prefix, previous)} does not parse, and this "
+                    f"node's pods use {previous}: not taking another subnet; fix or delete "
+                    "that value")
             subnet = pick_free_subnet(self.config.subnets(), listing.taken, previous)
             if subnet is None:
                 raise SubnetExhausted(
