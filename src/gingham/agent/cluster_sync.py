@@ -19,6 +19,9 @@ from gingham.subnet.registry import SubnetRegistry
 
 log = logging.getLogger("gingham.agent.sync")
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
+# A full resync this often even when the watch is quiet: a watch whose etcd vanished
+# without closing the connection (a partition) would otherwise wait forever.
+RESYNC_INTERVAL = 60.0
 
 
 class ClusterSync:
@@ -73,12 +76,18 @@ class ClusterSync:
                 leases[subnet] = self._known[subnet]
         self._known = leases  # kept current by _on_event from here on
         self.apply(leases, bad)
-        self._watch = self.registry.watch_leases(listing.revision + 1)
+        self._watch = watch = self.registry.watch_leases(listing.revision + 1)
         if self.stopping.is_set():
             return
-        for event in self._watch:
-            self._on_event(event, leases, bad)
-            self.apply(leases, bad)
+        timer = threading.Timer(RESYNC_INTERVAL, watch.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            for event in watch:
+                self._on_event(event, leases, bad)
+                self.apply(leases, bad)
+        finally:
+            timer.cancel()
 
     def _on_event(self, event, leases: dict, bad: dict[str, str]) -> None:
         """Fold one change into the picture. A value that does not parse is reported and
