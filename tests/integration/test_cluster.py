@@ -148,8 +148,9 @@ def test_stale_routes_are_swept_and_foreign_routes_kept(make_lab):
     wait_until(lambda: "10.244.99.0/24" not in gingham_routes(lab, "node1"), timeout=2)
     foreign = lab.run("node1", "ip", "-j", "route", "show", "10.244.77.0/24").stdout
     assert json.loads(foreign)[0]["protocol"] == "static", "a foreign route is never replaced"
-    status = cluster.node_status(lab.files, "node1")
-    assert any("10.244.77.0/24" in p and "not Gingham's" in p for p in status["problems"])
+    wait_until(lambda: any("10.244.77.0/24" in p and "not Gingham's" in p
+                           for p in cluster.node_status(lab.files, "node1")["problems"]),
+               timeout=2)
 
 
 def test_config_set_rejects_bad_configs_in_one_line(three_nodes, tmp_path, cli):
