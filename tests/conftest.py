@@ -5,6 +5,7 @@ Every lab a test makes gets a unique name and is torn down even when the test fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -139,10 +140,10 @@ def cli():
     return gingham
 
 
-@pytest.fixture(scope="module")
-def make_module_lab():
-    """Factory for labs shared by a module's tests: make(nodes=1, via_cli=False) -> Lab.
-    With via_cli the lab is built by `gingham lab up`, as a user would."""
+@contextlib.contextmanager
+def lab_factory() -> Iterator:
+    """make(nodes=1, via_cli=False, **plan_kwargs) -> Lab; every lab made is torn down, however
+    the tests using it end. With via_cli the lab is built by `gingham lab up`, as a user would."""
     made: list[str] = []
 
     def make(nodes: int = 1, *, via_cli: bool = False, **kwargs) -> Lab:
@@ -156,9 +157,18 @@ def make_module_lab():
             cluster.up(plan)
         return Lab(plan, LabFiles(plan.name))
 
-    yield make
-    for name in made:
-        cluster.down(name)
+    try:
+        yield make
+    finally:
+        for name in made:
+            cluster.down(name)
+
+
+@pytest.fixture(scope="module")
+def make_module_lab():
+    """Labs shared by a module's tests (see lab_factory)."""
+    with lab_factory() as make:
+        yield make
 
 
 @pytest.fixture
@@ -172,18 +182,9 @@ def lab_name() -> Iterator[str]:
 
 @pytest.fixture
 def make_lab():
-    """Factory: make_lab(nodes=1, **plan_kwargs) -> Lab; every lab made is torn down."""
-    made: list[str] = []
-
-    def make(nodes: int = 1, **kwargs) -> Lab:
-        plan = LabPlan.single_segment(unique_lab_name(), nodes, **kwargs)
-        made.append(plan.name)
-        cluster.up(plan)
-        return Lab(plan, LabFiles(plan.name))
-
-    yield make
-    for name in made:
-        cluster.down(name)
+    """Labs for one test (see lab_factory)."""
+    with lab_factory() as make:
+        yield make
 
 
 @pytest.fixture
