@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gingham.store.factory import StoreOptions
-from gingham.subnet.lease import DEFAULT_PREFIX
+from gingham.subnet.lease import DEFAULT_PREFIX, check_node_name
 from gingham.subnet.manager import DEFAULT_RENEW_MARGIN, DEFAULT_TTL
 
 DEFAULT_SOCKET = Path("/run/gingham/agent.sock")
@@ -43,6 +43,7 @@ class AgentConfig:
     workers: int = 8
 
     def __post_init__(self) -> None:
+        check_node_name(self.node_name)
         if self.store is None:
             if self.pod_subnet is None:
                 raise ValueError("give --subnet (static mode) or --datastore")

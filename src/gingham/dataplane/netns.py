@@ -84,12 +84,6 @@ def iproute(path: str | None = None) -> IPRoute:
     return IPRoute(fileno=sock.detach())
 
 
-def same_netns(path: str) -> bool:
-    """Whether `path` names the namespace this thread is in."""
-    a, b = os.stat(path), os.stat("/proc/thread-self/ns/net")
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 class Rtnl:
     """A bare NETLINK_ROUTE socket. `request` sends its messages in one datagram; the kernel
     runs them in order, each to completion, and acknowledges each one."""
