@@ -166,3 +166,18 @@ def test_config_set_rejects_bad_configs_in_one_line(three_nodes, tmp_path, cli):
         assert result.stderr.count("\n") == 1 and says in result.stderr
     assert json.loads(cli("--lab", lab.name, "config", "show").stdout)["Network"] \
         == "10.244.0.0/16", "a rejected config changes nothing"
+
+
+def test_host_gw_refuses_a_next_hop_behind_a_router(make_lab, cli):
+    lab = make_lab(2)
+    with control.lab_registry(lab.files.load()) as registry:
+        from gingham.subnet.lease import LeaseAttrs
+
+        far = LeaseAttrs(ipaddress.IPv4Address("192.168.60.13"), "host-gw", "node9")
+        registry.write_lease(ipaddress.IPv4Network("10.244.9.0/24"), far, 0, 0)
+    why = "next hop 192.168.60.13 is not on a directly connected subnet"
+    wait_until(lambda: any(why in p for p in
+                           cluster.node_status(lab.files, "node1")["problems"]), timeout=2)
+    assert "10.244.9.0/24" not in gingham_routes(lab, "node1"), "no half-route"
+    status = cli("lab", "status", "--name", lab.name).stdout
+    assert why in status and "problems reported by the agents" in status

@@ -53,11 +53,13 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
         raise click.BadParameter(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
+    # keys are the flags' names: `subnet` for --subnet, whatever the parameter is called
+    known = {opt.lstrip("-").replace("-", "_"): param.name
+             for param in ctx.command.params for opt in param.opts if opt.startswith("--")}
     values = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
+        name = known.get(str(key).replace("-", "_"))
+        if name is None:
             raise click.BadParameter(f"{path}: unknown key {key!r}")
         values[name] = ",".join(value) if name == "endpoints" and isinstance(value, list) \
             else value
