@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from gingham.backends.hostgw import HostGwBackend
+from gingham.backends.registry import check_options
+from gingham.backends.vxlan import BackendConfigError, VxlanBackend, VxlanOptions
 from gingham.dataplane.routes import RouteIntent, diff_routes
 from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import FdbIntent, NeighIntent, stable_mac
 from gingham.model.files import parse_subnet_env, render_subnet_env
+from gingham.model.network import BackendConfig
 from gingham.subnet.lease import Lease, LeaseAttrs
 
 N, A = ipaddress.IPv4Network, ipaddress.IPv4Address
@@ -69,3 +75,59 @@ def test_subnet_env_round_trip():
                              1450, False)
     network, gateway, mtu = parse_subnet_env(text)
     assert (str(network), str(gateway), mtu) == ("10.244.0.0/16", "10.244.7.1/24", 1450)
+
+
+# -- vxlan -------------------------------------------------------------------------------
+
+def vxlan_lease(subnet: str, ip: str, mac: str, vni: int = 1) -> Lease:
+    return Lease(N(subnet), LeaseAttrs(A(ip), "vxlan", "n", {"VNI": vni, "VtepMAC": mac}))
+
+
+def vxlan_backend(**options) -> VxlanBackend:
+    backend = VxlanBackend(VxlanOptions.parse(BackendConfig("vxlan", options)), UPLINK, "node1")
+    backend.index = 7  # as after setup()
+    return backend
+
+
+def test_vxlan_plans_route_neighbour_and_fdb_per_remote_node():
+    own = vxlan_lease("10.244.1.0/24", "192.168.50.11", "02:00:00:00:00:01")
+    far = vxlan_lease("10.244.5.0/24", "192.168.60.15", "02:00:00:00:00:05")
+    plan = vxlan_backend().plan(own, [own, far])
+    assert plan.routes == {RouteIntent(N("10.244.5.0/24"), A("10.244.5.0"), 7, onlink=True)}
+    assert plan.neighbours == {NeighIntent(A("10.244.5.0"), "02:00:00:00:00:05")}
+    assert plan.fdb == {FdbIntent("02:00:00:00:00:05", A("192.168.60.15"))}
+    assert plan.problems == []
+
+
+def test_direct_routing_uses_host_gw_on_the_same_subnet_only():
+    own = vxlan_lease("10.244.1.0/24", "192.168.50.11", "02:00:00:00:00:01")
+    near = vxlan_lease("10.244.2.0/24", "192.168.50.12", "02:00:00:00:00:02")
+    far = vxlan_lease("10.244.5.0/24", "192.168.60.15", "02:00:00:00:00:05")
+    plan = vxlan_backend(DirectRouting=True).plan(own, [own, near, far])
+    assert RouteIntent(N("10.244.2.0/24"), A("192.168.50.12"), 2) in plan.routes
+    assert [f.dst for f in plan.fdb] == [A("192.168.60.15")]
+
+
+def test_vxlan_refuses_leases_it_cannot_reach():
+    own = vxlan_lease("10.244.1.0/24", "192.168.50.11", "02:00:00:00:00:01")
+    bad_mac = vxlan_lease("10.244.2.0/24", "192.168.50.12", "not-a-mac")
+    other_vni = vxlan_lease("10.244.3.0/24", "192.168.50.13", "02:00:00:00:00:03", vni=9)
+    plan = vxlan_backend().plan(own, [own, bad_mac, other_vni])
+    assert plan.routes == set() and len(plan.problems) == 2
+
+
+def test_vxlan_lease_data_mtu_and_stable_mac():
+    backend = vxlan_backend(VNI=4, Port=4789)
+    assert backend.device == "flannel.4" and backend.mtu(UPLINK) == 1450
+    assert backend.lease_data() == {"VNI": 4, "VtepMAC": backend.mac}
+    assert backend.mac == vxlan_backend(VNI=4).mac, "same node and VNI: same MAC"
+    first = int(stable_mac("x").split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01, "locally administered unicast"
+
+
+@pytest.mark.parametrize("options", [{"VNI": -1}, {"VNI": 1 << 24}, {"VNI": "1"},
+                                     {"Port": 0}, {"Port": 70000}, {"DirectRouting": "yes"},
+                                     {"Bogus": 1}])
+def test_bad_vxlan_options_are_refused(options):
+    with pytest.raises(BackendConfigError):
+        check_options(BackendConfig("vxlan", options))

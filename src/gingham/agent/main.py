@@ -85,6 +85,7 @@ class Agent:
             log.warning("lease is %s, not the previous %s: existing pods keep stale addresses",
                         lease.subnet, previous[0].pod_subnet)
         mtu = self.config.mtu or m.backend.mtu(uplink)
+        m.backend.setup(lease)
         masq = MasqueradeNodes(config, public_ip)
         # On a restart the table already lists the other nodes: keep them until the first
         # sync says otherwise, else pod traffic to them would be NATed meanwhile.

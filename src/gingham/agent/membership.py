@@ -72,7 +72,7 @@ class Membership:
             self._open_store()
         assert self.registry is not None
         network = self.registry.get_config()
-        backend = make_backend(network.backend, self.uplink)
+        backend = make_backend(network.backend, self.uplink, self.config.node_name)
         manager = LeaseManager(self.registry, network, self.config.lease_ttl,
                                self.config.lease_renew_margin)
         lease = manager.acquire(self.attrs(network, backend), previous, held=held)

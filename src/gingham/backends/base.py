@@ -11,12 +11,15 @@ from typing import Protocol
 
 from gingham.dataplane.routes import RouteIntent
 from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import FdbIntent, NeighIntent
 from gingham.subnet.lease import Lease
 
 
 @dataclass
 class BackendPlan:
     routes: set[RouteIntent] = field(default_factory=set)
+    neighbours: set[NeighIntent] = field(default_factory=set)
+    fdb: set[FdbIntent] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)  # why some lease gets no path
 
 
@@ -29,6 +32,10 @@ class Backend(Protocol):
 
     def lease_data(self) -> dict:
         """What other nodes need to reach this one (BackendData in the lease)."""
+        ...
+
+    def setup(self, own: Lease) -> None:
+        """Make this node's own end (e.g. its tunnel device), once the lease is known."""
         ...
 
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan: ...

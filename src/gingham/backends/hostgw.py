@@ -16,6 +16,26 @@ from gingham.subnet.lease import Lease
 TYPE = "host-gw"
 
 
+def others_of_type(kind: str, own: Lease, leases: list[Lease],
+                   plan: BackendPlan) -> list[Lease]:
+    """The other nodes' leases a `kind` backend can serve; the rest are reported in plan."""
+    served = []
+    for lease in leases:
+        if lease.subnet == own.subnet:
+            continue
+        if lease.attrs.backend_type != kind:
+            plan.problems.append(f"{kind}: lease {lease.subnet} of {lease.attrs.node_name} "
+                                 f"uses backend {lease.attrs.backend_type}; not routed")
+        else:
+            served.append(lease)
+    return served
+
+
+def direct_route(lease: Lease, uplink: Uplink) -> RouteIntent:
+    """`<subnet> via <node address> dev <uplink>`: no tunnel, the node is on our segment."""
+    return RouteIntent(lease.subnet, lease.attrs.public_ip, uplink.index)
+
+
 def not_on_segment(lease: Lease, uplink: Uplink) -> str:
     return (f"host-gw: no route to {lease.subnet} of {lease.attrs.node_name or '?'}: next hop "
             f"{lease.attrs.public_ip} is not on a directly connected subnet "
@@ -35,20 +55,16 @@ class HostGwBackend:
     def lease_data(self) -> dict:
         return {}
 
+    def setup(self, own: Lease) -> None:
+        """Nothing of its own: host-gw only routes."""
+
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
         plan = BackendPlan()
-        for lease in leases:
-            if lease.subnet == own.subnet:
-                continue
-            if lease.attrs.backend_type != TYPE:
-                plan.problems.append(f"host-gw: lease {lease.subnet} of "
-                                     f"{lease.attrs.node_name} uses backend "
-                                     f"{lease.attrs.backend_type}; not routed")
-            elif lease.attrs.public_ip not in self.uplink.address.network:
+        for lease in others_of_type(TYPE, own, leases, plan):
+            if lease.attrs.public_ip not in self.uplink.address.network:
                 plan.problems.append(not_on_segment(lease, self.uplink))
             else:
-                plan.routes.add(RouteIntent(lease.subnet, lease.attrs.public_ip,
-                                            self.uplink.index))
+                plan.routes.add(direct_route(lease, self.uplink))
         return plan
 
     def apply(self, plan: BackendPlan) -> list[str]:

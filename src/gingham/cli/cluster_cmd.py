@@ -109,9 +109,11 @@ def config_show(ctx: click.Context, **values) -> None:
 @click.pass_context
 def config_set(ctx: click.Context, path: str, **values) -> None:
     """Validate net-conf.json and store it."""
+    from gingham.backends.registry import check_options
     from gingham.model.network import parse_network_config
 
     raw = click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text()
     network = parse_network_config(raw)
+    check_options(network.backend)
     open_registry(ctx, values).set_config(network)
     click.echo(json.dumps(network.to_json(), indent=2))

@@ -1,0 +1,131 @@
+"""vxlan: pod frames wrapped in UDP between VTEPs (`flannel.<VNI>`), so nodes need only reach
+each other at L3. Per remote node, exactly as Flannel programs it:
+
+    10.244.5.0/24 via 10.244.5.0 dev flannel.1 onlink
+    neigh 10.244.5.0 lladdr <remote VTEP MAC> PERMANENT dev flannel.1
+    fdb <remote VTEP MAC> dst <remote node IP> self permanent dev flannel.1
+
+With DirectRouting, nodes on this node's own subnet get a host-gw route instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gingham.backends.base import BackendPlan
+from gingham.backends.hostgw import direct_route, others_of_type
+from gingham.dataplane import netns
+from gingham.dataplane.routes import RouteIntent, apply_routes
+from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import (
+    FdbIntent,
+    NeighIntent,
+    VtepSpec,
+    apply_fdb,
+    apply_neighbours,
+    ensure_vtep,
+    remove_vtep,
+    stable_mac,
+)
+from gingham.model.network import BackendConfig
+from gingham.subnet.lease import Lease
+
+TYPE = "vxlan"
+DEFAULT_VNI = 1
+DEFAULT_PORT = 8472  # Flannel's (the kernel's legacy Linux VXLAN port), not IANA's 4789
+OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
+MAX_VNI = (1 << 24) - 1
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class BackendConfigError(ValueError):
+    pass
+
+
+def _int_option(options: dict, key: str, default: int, low: int, high: int) -> int:
+    value = options.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BackendConfigError(f"vxlan {key} {value!r} is out of range ({low}-{high})")
+    return value
+
+
+@dataclass(frozen=True)
+class VxlanOptions:
+    vni: int = DEFAULT_VNI
+    port: int = DEFAULT_PORT
+    direct_routing: bool = False
+
+    @classmethod
+    def parse(cls, config: BackendConfig) -> VxlanOptions:
+        known = {"VNI", "Port", "DirectRouting", "GBP", "MTU"}
+        unknown = set(config.options) - known
+        if unknown:
+            raise BackendConfigError(f"unknown vxlan option(s): {', '.join(sorted(unknown))}")
+        direct = config.options.get("DirectRouting", False)
+        if not isinstance(direct, bool):
+            raise BackendConfigError(f"vxlan DirectRouting {direct!r} is not true/false")
+        return cls(_int_option(config.options, "VNI", DEFAULT_VNI, 0, MAX_VNI),
+                   _int_option(config.options, "Port", DEFAULT_PORT, 1, 65535), direct)
+
+
+class VxlanBackend:
+    type = TYPE
+
+    def __init__(self, options: VxlanOptions, uplink: Uplink, node_name: str) -> None:
+        self.options = options
+        self.uplink = uplink
+        self.device = f"flannel.{options.vni}"
+        if len(self.device) > 15:
+            raise BackendConfigError(f"VNI {options.vni} makes the device name {self.device} "
+                                     "longer than 15 characters")
+        self.mac = stable_mac(f"gingham-vtep/{node_name}/{options.vni}")
+        self.index: int | None = None
+
+    def mtu(self, uplink: Uplink) -> int:
+        return uplink.mtu - OVERHEAD
+
+    def lease_data(self) -> dict:
+        return {"VNI": self.options.vni, "VtepMAC": self.mac}
+
+    def setup(self, own: Lease) -> None:
+        spec = VtepSpec(self.device, self.options.vni, self.options.port,
+                        self.uplink.address.ip, self.uplink.index, self.mac,
+                        self.mtu(self.uplink), own.subnet.network_address)
+        with netns.iproute() as ipr:
+            self.index = ensure_vtep(ipr, spec)
+
+    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
+        assert self.index is not None, "setup() first"
+        plan = BackendPlan()
+        for lease in others_of_type(TYPE, own, leases, plan):
+            if self.options.direct_routing and \
+                    lease.attrs.public_ip in self.uplink.address.network:
+                plan.routes.add(direct_route(lease, self.uplink))
+                continue
+            data = lease.attrs.backend_data
+            mac = str(data.get("VtepMAC", "")).lower()
+            if not MAC.match(mac) or data.get("VNI", DEFAULT_VNI) != self.options.vni:
+                plan.problems.append(f"vxlan: lease {lease.subnet} of {lease.attrs.node_name} "
+                                     f"has no usable VtepMAC/VNI ({data}); not routed")
+                continue
+            gateway = lease.subnet.network_address
+            plan.routes.add(RouteIntent(lease.subnet, gateway, self.index, onlink=True))
+            plan.neighbours.add(NeighIntent(gateway, mac))
+            plan.fdb.add(FdbIntent(mac, lease.attrs.public_ip))
+        return plan
+
+    def apply(self, plan: BackendPlan) -> list[str]:
+        assert self.index is not None
+        with netns.iproute() as ipr:
+            # Neighbour and FDB first: a route must never point at a peer not yet known.
+            apply_neighbours(ipr, self.index, plan.neighbours)
+            apply_fdb(ipr, self.index, plan.fdb)
+            diff = apply_routes(ipr, plan.routes)
+        return [f"route to {dst} exists and is not Gingham's; left alone"
+                for dst in diff.blocked]
+
+    def teardown(self) -> None:
+        with netns.iproute() as ipr:
+            apply_routes(ipr, set())
+            remove_vtep(ipr, self.device)
