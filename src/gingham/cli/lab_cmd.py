@@ -70,6 +70,16 @@ def _port(value: str) -> dict:
             "protocol": found.group(3) or "tcp"}
 
 
+def _backend_option(value: str) -> tuple[str, object]:
+    key, eq, raw = value.partition("=")
+    if not eq or not key:
+        raise click.BadParameter(f"backend option {value!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(raw)  # true, 4, "x"
+    except ValueError:
+        return key, raw
+
+
 def _label(value: str) -> tuple[str, str]:
     key, eq, val = value.partition("=")
     if not eq or not key:
@@ -106,13 +116,17 @@ def lab() -> None:
               show_default=True, help="etcd runs in LAB-control on the underlay.")
 @click.option("--backend", type=click.Choice(KNOWN_BACKENDS), default=DEFAULT_BACKEND,
               show_default=True)
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+              callback=lambda c, p, v: dict(map(_backend_option, v)),
+              help="Backend key of net-conf.json, e.g. DirectRouting=true or VNI=4.")
 def up(lab: str, nodes: int, pod_cidr: ipaddress.IPv4Network, datastore: str,
-       backend: str) -> None:
+       backend: str, backend_options: dict) -> None:
     """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
 
-    plan = LabPlan.single_segment(lab, nodes, pod_cidr, datastore=datastore, backend=backend)
+    plan = LabPlan.single_segment(lab, nodes, pod_cidr, datastore=datastore, backend=backend,
+                                  backend_options=backend_options)
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
     for node in plan.nodes:

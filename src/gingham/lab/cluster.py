@@ -64,6 +64,7 @@ def plan_of(record: LabRecord) -> LabPlan:
         control=host(p["control"]),
         datastore=p["datastore"],
         backend=p["backend"],
+        backend_options=p.get("backend_options", {}),
     )
 
 

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from gingham.backends.registry import check_options
 from gingham.dataplane import netns
 from gingham.lab import etcd, procs
 from gingham.lab.plan import CONTROL, LabPlan, netns_name
@@ -65,7 +66,8 @@ def lab_registry(record: LabRecord) -> Iterator[SubnetRegistry]:
 
 def write_network_config(plan: LabPlan, record: LabRecord) -> None:
     network = parse_network_config({"Network": str(plan.pod_cidr),
-                                    "Backend": {"Type": plan.backend}})
+                                    "Backend": {**plan.backend_options, "Type": plan.backend}})
+    check_options(network.backend)
     with lab_registry(record) as registry:
         registry.set_config(network)
 

@@ -71,6 +71,7 @@ class LabPlan:
     control: HostPlan  # runs etcd when the datastore is etcd
     datastore: str = DEFAULT_DATASTORE
     backend: str = DEFAULT_BACKEND
+    backend_options: dict = field(default_factory=dict, hash=False)  # e.g. DirectRouting
 
     @classmethod
     def single_segment(
@@ -81,6 +82,7 @@ class LabPlan:
         underlay: ipaddress.IPv4Network = DEFAULT_UNDERLAY,
         datastore: str = DEFAULT_DATASTORE,
         backend: str = DEFAULT_BACKEND,
+        backend_options: dict | None = None,
     ) -> LabPlan:
         check_lab_name(name)
         if nodes < 1:
@@ -95,7 +97,8 @@ class LabPlan:
         plan = cls(name=name, pod_cidr=pod_cidr, underlay=underlay, nodes=(),
                    external=HostPlan(EXTERNAL, _on(underlay, hosts[-1])),
                    control=HostPlan(CONTROL, _on(underlay, hosts[1])),
-                   datastore=datastore, backend=backend)
+                   datastore=datastore, backend=backend,
+                   backend_options=dict(backend_options or {}))
         for k in range(1, nodes + 1):
             plan = plan.with_node(k)
         return plan
