@@ -16,6 +16,11 @@ def vtep(lab, node: str) -> dict:
     return json.loads(lab.run(node, "ip", "-j", "-d", "link", "show", "flannel.1").stdout)[0]
 
 
+def has_route(lab, node: str, dst: str) -> bool:
+    out = lab.run(node, "ip", "-j", "route", "show", "proto", "71").stdout
+    return any(r["dst"] == dst for r in json.loads(out or "[]"))
+
+
 def lease_data(lab) -> dict[str, dict]:
     with control.lab_registry(lab.files.load()) as registry:
         return {x.attrs.node_name: {"subnet": str(x.subnet), "ip": str(x.attrs.public_ip),
@@ -120,6 +125,12 @@ def test_vtep_mac_is_stable_across_agent_restarts(make_lab):
         record.agents["node1"] = cluster.start_agent(lab.files, record, lab.plan.node("node1"))
         lab.files.save(record)
     cluster.wait_for_agent(lab.files, "node1", record.agents["node1"])
+    # A restarted agent serves its previous subnet at once and re-creates its VTEP and
+    # peers just after: wait for node1's way back to node2, which comes last.
+    deadline = time.monotonic() + 3
+    while not has_route(lab, "node1", "10.244.2.0/24"):
+        assert time.monotonic() < deadline, "node1 never re-programmed its peer"
+        time.sleep(0.02)
     assert (vtep(lab, "node1")["address"], lease_data(lab)["node1"]["VtepMAC"]) == before
     assert lab.pings("node2", "10.244.1.1")
 
