@@ -27,12 +27,14 @@ RESYNC_INTERVAL = 60.0
 class ClusterSync:
     def __init__(self, registry: SubnetRegistry, backend: Backend, own: Callable[[], Lease],
                  on_nodes: Callable[[set[ipaddress.IPv4Address]], None],
-                 status: StatusFile) -> None:
+                 status: StatusFile,
+                 standing: Callable[[], list[str]] = list) -> None:
         self.registry = registry
         self.backend = backend
         self.own = own
         self.on_nodes = on_nodes
         self.status = status
+        self.standing = standing  # problems owned elsewhere (e.g. a config not followed)
         self.stopping = threading.Event()
         self._watch: Watch | None = None
         # The last picture applied: a lease whose value goes bad keeps what it last said
@@ -125,8 +127,8 @@ class ClusterSync:
         plan = self.backend.plan(self.own(), list(leases.values()))
         held = self._held_routes(leases, bad)
         plan.routes |= held
-        problems = plan.problems + self.backend.apply(plan) + [f"{key}: {why}"
-                                                              for key, why in bad.items()]
+        problems = (self.standing() + plan.problems + self.backend.apply(plan)
+                    + [f"{key}: {why}" for key, why in bad.items()])
         for problem in problems:
             if problem not in self.status.status.problems:
                 log.warning("%s", problem)

@@ -92,9 +92,37 @@ class Agent:
         masq.current |= programmed_nodes()
         reconcile_node(config, mtu, masq.current)
         self.serve(config, mtu)
-        self.sync = ClusterSync(m.registry, m.backend, m.own, masq.update, self.status)
+        self.sync = ClusterSync(m.registry, m.backend, m.own, masq.update, self.status,
+                                m.standing_problems)
         self.sync.start()
-        m.keep_lease(self.stopping)
+        while (network := m.keep_lease(self.stopping)) is not None:
+            self._switch(m, network, config, uplink, masq)
+
+    def _switch(self, m: Membership, network, config: AgentConfig, uplink,
+                masq: MasqueradeNodes) -> None:
+        """Move to a new backend in place: the old one's devices, routes, neighbours and
+        FDB entries go, the new one's come, pods keep their addresses. Pods made before
+        keep their MTU: a smaller tunnel MTU reaches only pods made after (as Flannel)."""
+        assert self.sync is not None and m.registry is not None
+        self.sync.stop()
+        try:
+            backend = m.switch_backend(network)
+        except ValueError as err:  # a config no agent can run: said, and not retried
+            m.refuse(f"cannot switch to backend {network.backend.type}, keeping "
+                      f"{m.backend.type if m.backend else '?'}: {err}")
+            m.network = network
+            backend = m.backend
+        except Exception as err:  # e.g. the datastore: the next poll tries again
+            log.error("switching to backend %s failed, will retry: %s",
+                      network.backend.type, err)
+            backend = m.backend
+        assert backend is not None
+        mtu = self.config.mtu or backend.mtu(uplink)
+        reconcile_node(config, mtu, masq.current)
+        self.serve(config, mtu)
+        self.sync = ClusterSync(m.registry, backend, m.own, masq.update, self.status,
+                                m.standing_problems)
+        self.sync.start()
 
     def _previous(self) -> tuple[AgentConfig, int] | None:
         try:

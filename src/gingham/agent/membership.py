@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 
 from gingham.agent.config import AgentConfig
 from gingham.agent.status import StatusFile
@@ -22,6 +23,7 @@ from gingham.subnet.registry import ConfigMissing, SubnetRegistry
 
 log = logging.getLogger("gingham.agent.membership")
 JOIN_RETRY = 2.0
+CONFIG_POLL = 2.0
 RENEW_RETRY = 10.0
 
 
@@ -38,6 +40,7 @@ class Membership:
         self.backend: Backend | None = None
         self.manager: LeaseManager | None = None
         self.lease: Lease | None = None
+        self.refused = ""  # the config change this node cannot follow, if any
         # A store that cannot be opened yet (TLS files missing, an embedded path that cannot
         # be made) is reported and retried by join() like an unreachable one, the previous
         # subnet served meanwhile. Bad options (ValueError) fail the start right here.
@@ -93,10 +96,17 @@ class Membership:
         assert self.lease is not None
         return self.lease
 
-    def keep_lease(self, stopping: threading.Event) -> None:
-        """Renew the lease before it runs out, for as long as the agent runs."""
+    def keep_lease(self, stopping: threading.Event) -> NetworkConfig | None:
+        """Renew the lease before it runs out, for as long as the agent runs; return the
+        network config when it changes (None when stopping)."""
         assert self.manager is not None and self.registry is not None
+        polled = time.monotonic()
         while not stopping.wait(1.0):
+            if time.monotonic() - polled >= CONFIG_POLL:
+                polled = time.monotonic()
+                changed = self._changed_config()
+                if changed is not None:
+                    return changed
             if not self.manager.renew_due():
                 continue
             try:
@@ -112,6 +122,59 @@ class Membership:
             self.lease = renewed
             self.registry.put_node(NodeInfo(self.config.node_name, self.public_ip,
                                             self.config.labels), renewed.store_lease)
+        return None
+
+    def _changed_config(self) -> NetworkConfig | None:
+        """A new config this node can move to; one it cannot is reported, once."""
+        assert self.registry is not None and self.network is not None
+        try:
+            network = self.registry.get_config()
+        except (StoreError, ConfigMissing, ValueError) as err:
+            self.refuse(f"network config unreadable, keeping {self.network.backend.type}: "
+                         f"{err}")
+            return None
+        if network == self.network:
+            self.refused = ""
+            return None
+        if network.network != self.network.network or \
+                not self.own().subnet.subnet_of(network.network):
+            self.refuse(f"Network changed from {self.network.network} to {network.network}: "
+                         "pods keep their addresses, so restart the agents to move")
+            return None
+        return network
+
+    def refuse(self, why: str) -> None:
+        if why != self.refused:
+            log.error("%s", why)
+            others = [p for p in self.status.status.problems if p != self.refused]
+            self.refused = why
+            self.status.update(problems=[why, *others])
+
+    def standing_problems(self) -> list[str]:
+        """Problems that last until the config changes again, for every status update."""
+        return [self.refused] if self.refused else []
+
+    def switch_backend(self, network: NetworkConfig) -> Backend:
+        """Tear the current backend down completely and run `network`'s instead; the lease
+        is rewritten with the new backend's type and data. On a bad new backend the old
+        one keeps running (raises before anything is torn down)."""
+        assert self.backend is not None and self.manager is not None
+        backend = make_backend(network.backend, self.uplink, self.config.node_name)
+        old = self.backend
+        log.info("switching backend %s -> %s", old.type, backend.type)
+        old.teardown()
+        try:
+            backend.setup(self.own())
+        except Exception:
+            old.setup(self.own())  # back to what worked
+            raise
+        self.backend = backend
+        self.manager.config = network
+        self.lease = self.manager.acquire(self.attrs(network, backend),
+                                          previous=self.own().subnet, held=True)
+        self.network = network
+        self.status.update(backend=network.backend.type)
+        return backend
 
     def close(self) -> None:
         if self.store is not None:

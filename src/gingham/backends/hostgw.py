@@ -11,6 +11,7 @@ from gingham.backends.base import BackendPlan
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import remove_vteps
 from gingham.subnet.lease import Lease
 
 TYPE = "host-gw"
@@ -56,7 +57,10 @@ class HostGwBackend:
         return {}
 
     def setup(self, own: Lease) -> None:
-        """Nothing of its own: host-gw only routes."""
+        """Nothing of its own, but no tunnel of an earlier backend may linger (the seeds'
+        manual `ip link delete flannel.1` after a switch, done here)."""
+        with netns.iproute() as ipr:
+            remove_vteps(ipr)
 
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
         plan = BackendPlan()

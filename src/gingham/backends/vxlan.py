@@ -25,7 +25,7 @@ from gingham.dataplane.vxlan import (
     apply_fdb,
     apply_neighbours,
     ensure_vtep,
-    remove_vtep,
+    remove_vteps,
     stable_mac,
 )
 from gingham.model.network import BackendConfig
@@ -93,6 +93,7 @@ class VxlanBackend:
                         self.uplink.address.ip, self.uplink.index, self.mac,
                         self.mtu(self.uplink), own.subnet.network_address)
         with netns.iproute() as ipr:
+            remove_vteps(ipr, keep=self.device)  # another VNI's, from an earlier config
             self.index = ensure_vtep(ipr, spec)
 
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
@@ -128,4 +129,4 @@ class VxlanBackend:
     def teardown(self) -> None:
         with netns.iproute() as ipr:
             apply_routes(ipr, set())
-            remove_vtep(ipr, self.device)
+            remove_vteps(ipr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -18,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from gingham.dataplane.bridge import link_index
 
+VTEP_NAME = re.compile(r"^flannel\.\d+$")
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 
@@ -124,9 +126,14 @@ def apply_fdb(ipr: IPRoute, index: int, desired: set[FdbIntent]) -> None:
                 state=NUD_PERMANENT, flags=NTF_SELF)
 
 
-def remove_vtep(ipr: IPRoute, name: str) -> bool:
-    index = link_index(ipr, name)
-    if index is None:
-        return False
-    ipr.link("del", index=index)
-    return True
+def remove_vteps(ipr: IPRoute, keep: str | None = None) -> list[str]:
+    """Delete every Gingham VTEP (a vxlan device named flannel.<VNI>) but `keep`; their
+    neighbour and FDB entries, and routes through them, go with them."""
+    removed = []
+    for link in ipr.get_links():
+        name = link.get_attr("IFLA_IFNAME")
+        if (VTEP_NAME.match(name) and name != keep
+                and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "vxlan"):
+            ipr.link("del", index=link["index"])
+            removed.append(name)
+    return removed
