@@ -103,5 +103,7 @@ def test_a_config_no_agent_can_run_keeps_the_old_backend(switching_lab):
                   for p in cluster.node_status(lab.files, "node1")["problems"]):
         assert time.monotonic() < deadline, cluster.node_status(lab.files, "node1")
         time.sleep(0.1)
+    time.sleep(2.5)  # another config poll: the refusal stands while the config is stored
+    assert any("cannot switch" in p for p in cluster.node_status(lab.files, "node1")["problems"])
     assert converged(lab, "flannel.1")
     assert lab.pings("default/s1", lab.files.load().pods["default/s2"].ip)

@@ -109,8 +109,8 @@ class Agent:
             backend = m.switch_backend(network)
         except ValueError as err:  # a config no agent can run: said, and not retried
             m.refuse(f"cannot switch to backend {network.backend.type}, keeping "
-                      f"{m.backend.type if m.backend else '?'}: {err}")
-            m.network = network
+                     f"{m.backend.type if m.backend else '?'}: {err}")
+            m.unfollowable = network
             backend = m.backend
         except Exception as err:  # e.g. the datastore: the next poll tries again
             log.error("switching to backend %s failed, will retry: %s",

@@ -40,7 +40,8 @@ class Membership:
         self.backend: Backend | None = None
         self.manager: LeaseManager | None = None
         self.lease: Lease | None = None
-        self.refused = ""  # the config change this node cannot follow, if any
+        self.refused = ""  # why this node cannot follow the stored config, if it cannot
+        self.unfollowable: NetworkConfig | None = None  # a config refused, not retried
         # A store that cannot be opened yet (TLS files missing, an embedded path that cannot
         # be made) is reported and retried by join() like an unreachable one, the previous
         # subnet served meanwhile. Bad options (ValueError) fail the start right here.
@@ -129,13 +130,18 @@ class Membership:
         assert self.registry is not None and self.network is not None
         try:
             network = self.registry.get_config()
-        except (StoreError, ConfigMissing, ValueError) as err:
+        except StoreError:
+            return None  # an outage, not a config: the sync reports the datastore state
+        except (ConfigMissing, ValueError) as err:
             self.refuse(f"network config unreadable, keeping {self.network.backend.type}: "
-                         f"{err}")
+                        f"{err}")
             return None
         if network == self.network:
-            self.refused = ""
+            self.refuse("")
+            self.unfollowable = None
             return None
+        if network == self.unfollowable:
+            return None  # refused already; the problem stands while it is stored
         if network.network != self.network.network or \
                 not self.own().subnet.subnet_of(network.network):
             self.refuse(f"Network changed from {self.network.network} to {network.network}: "
@@ -144,11 +150,13 @@ class Membership:
         return network
 
     def refuse(self, why: str) -> None:
+        """Set (or with "", clear) the config change this node cannot follow."""
         if why != self.refused:
-            log.error("%s", why)
+            if why:
+                log.error("%s", why)
             others = [p for p in self.status.status.problems if p != self.refused]
             self.refused = why
-            self.status.update(problems=[why, *others])
+            self.status.update(problems=[why, *others] if why else others)
 
     def standing_problems(self) -> list[str]:
         """Problems that last until the config changes again, for every status update."""
