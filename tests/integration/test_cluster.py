@@ -50,8 +50,10 @@ def test_every_pod_reaches_every_pod_and_node_across_nodes(three_nodes):
     check = lab.gingham("check", "--json")
     assert check.returncode == 0, check.stdout + check.stderr
     results = json.loads(check.stdout)["results"]
-    assert {r["kind"] for r in results} == {"pod-pod", "node-pod", "pod-external"}
-    assert len(results) == 6 + 9 + 3 and all(r["ok"] for r in results)
+    assert {r["kind"] for r in results} == {"pod-pod", "node-pod", "pod-external",
+                                            "pod-pod-1MB"}
+    # 1 MB moved between every two pods on different nodes (here: all six ordered pairs)
+    assert len(results) == 6 + 9 + 3 + 6 and all(r["ok"] for r in results)
 
 
 def test_each_node_leases_one_subnet_and_routes_to_the_others(three_nodes):

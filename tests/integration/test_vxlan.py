@@ -148,3 +148,21 @@ def test_bad_vxlan_options_fail_lab_up_clearly(lab_name, cli):
                  "--backend-option", "VNI=99999999")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "VNI 99999999 is out of range" in result.stderr
+
+
+def test_check_fails_on_a_black_holed_path_mtu_that_pings_miss(make_lab, cli):
+    lab = make_lab(2, backend="vxlan")
+    lab.add_pod("node1", "default/big1")
+    lab.add_pod("node2", "default/big2")
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
+    # A tunnel narrower than the pods' MTU, and the "fragmentation needed" answers that
+    # would tell TCP so dropped: full-size segments from node1's pod vanish.
+    lab.run("node1", "ip", "link", "set", "flannel.1", "mtu", "1300")
+    lab.run("node1", "nft", "add table ip blackhole ; add chain ip blackhole out "
+            "{ type filter hook output priority 0 ; } ; add rule ip blackhole out "
+            "icmp type destination-unreachable icmp code frag-needed drop")
+    check = cli("lab", "check", "--name", lab.name, "--json")
+    assert check.returncode == 1
+    failed = [(r["kind"], r["source"], r["target"])
+              for r in json.loads(check.stdout)["results"] if not r["ok"]]
+    assert failed == [("pod-pod-1MB", "default/big1", "default/big2")]
