@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gingham.dataplane import netns as netns_mod
 from gingham.lab import cluster, procs
 from gingham.lab.plan import LabPlan, netns_name
 from gingham.lab.state import LabFiles
+from gingham.lab.topology import parse_topology
 
 ROOT = Path(__file__).parent
 # The installed console script, next to the interpreter running the tests (the venv's).
@@ -146,8 +148,14 @@ def lab_factory() -> Iterator:
     the tests using it end. With via_cli the lab is built by `gingham lab up`, as a user would."""
     made: list[str] = []
 
-    def make(nodes: int = 1, *, via_cli: bool = False, **kwargs) -> Lab:
-        plan = LabPlan.single_segment(unique_lab_name(), nodes, **kwargs)
+    def make(nodes: int = 1, *, via_cli: bool = False, topology: Path | None = None,
+             **kwargs) -> Lab:
+        if topology is not None:
+            plan = LabPlan.from_topology(unique_lab_name(),
+                                         parse_topology(yaml.safe_load(topology.read_text())),
+                                         **kwargs)
+        else:
+            plan = LabPlan.single_segment(unique_lab_name(), nodes, **kwargs)
         made.append(plan.name)
         if via_cli:
             assert not kwargs, "via_cli builds the default plan"

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import re
 import sys
+from pathlib import Path
 
 import click
 
@@ -70,6 +71,18 @@ def _port(value: str) -> dict:
             "protocol": found.group(3) or "tcp"}
 
 
+def _topology(path: str):
+    import yaml
+
+    from gingham.lab.topology import parse_topology
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise click.BadParameter(f"cannot read {path}: {err}") from None
+    return parse_topology(data)
+
+
 def _backend_option(value: str) -> tuple[str, object]:
     key, eq, raw = value.partition("=")
     if not eq or not key:
@@ -110,7 +123,10 @@ def lab() -> None:
 
 @lab.command()
 @lab_name_option
-@click.option("--nodes", type=click.IntRange(1, 200), default=1, show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 200),
+              help="Nodes on one segment (default 1); not with -f.")
+@click.option("-f", "--file", "topology_file", type=click.Path(dir_okay=False, exists=True),
+              help="Topology YAML: segments, routers, nodes, external (see examples/).")
 @click.option("--pod-cidr", type=Network(), default=str(DEFAULT_POD_CIDR), show_default=True)
 @click.option("--datastore", type=click.Choice(DATASTORES), default=DEFAULT_DATASTORE,
               show_default=True, help="etcd runs in LAB-control on the underlay.")
@@ -119,16 +135,27 @@ def lab() -> None:
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
               callback=lambda c, p, v: dict(map(_backend_option, v)),
               help="Backend key of net-conf.json, e.g. DirectRouting=true or VNI=4.")
-def up(lab: str, nodes: int, pod_cidr: ipaddress.IPv4Network, datastore: str,
-       backend: str, backend_options: dict) -> None:
+def up(lab: str, nodes: int | None, topology_file: str | None,
+       pod_cidr: ipaddress.IPv4Network, datastore: str, backend: str,
+       backend_options: dict) -> None:
     """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
 
-    plan = LabPlan.single_segment(lab, nodes, pod_cidr, datastore=datastore, backend=backend,
-                                  backend_options=backend_options)
+    if topology_file is None:
+        plan = LabPlan.single_segment(lab, nodes or 1, pod_cidr, datastore=datastore,
+                                      backend=backend, backend_options=backend_options)
+    else:
+        if nodes is not None:
+            raise click.UsageError("--nodes and -f exclude each other: the file lists the nodes")
+        plan = LabPlan.from_topology(lab, _topology(topology_file), pod_cidr,
+                                     datastore=datastore, backend=backend,
+                                     backend_options=backend_options)
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
+    for router in plan.routers:
+        click.echo(f"{router.name}  " + "  ".join(f"{seg} {addr.ip}"
+                                                   for seg, addr in router.ports))
     for node in plan.nodes:
         leased = (cluster.node_status(files, node.name) or {}).get("subnet", "?")
         click.echo(f"{node.name}  {node.address.ip}  pods {leased}")
@@ -236,11 +263,12 @@ def node() -> None:
 
 @node.command("add")
 @lab_name_option
-def node_add(lab: str) -> None:
+@click.option("--segment", help="Which segment (default: the first).")
+def node_add(lab: str, segment: str | None) -> None:
     """Add the next node (nodeK) and wait until its agent serves; prints its name."""
     from gingham.lab import cluster
 
-    click.echo(cluster.add_node(lab).name)
+    click.echo(cluster.add_node(lab, segment=segment).name)
 
 
 @node.command("del")

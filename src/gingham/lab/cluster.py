@@ -16,9 +16,7 @@ from pathlib import Path
 from gingham.agent.config import CONFLIST_NAME
 from gingham.agent.status import read_status
 from gingham.cni.install import install_plugins
-from gingham.dataplane import netns
-from gingham.dataplane.bridge import link_index
-from gingham.lab import control, procs
+from gingham.lab import control, procs, underlay
 from gingham.lab.plan import (
     HostPlan,
     LabPlan,
@@ -30,9 +28,8 @@ from gingham.lab.plan import (
 )
 from gingham.lab.runtime import Attachment, CniRuntime
 from gingham.lab.state import LabFiles, LabRecord, PodRecord
+from gingham.lab.topology import RouterPlan, SegmentPlan
 
-UNDERLAY = "underlay"
-UNDERLAY_BRIDGE = "br0"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 AGENT_READY_TIMEOUT = 20.0
 
@@ -52,19 +49,24 @@ def plan_of(record: LabRecord) -> LabPlan:
     p = record.plan
 
     def host(h: dict) -> HostPlan:
-        return HostPlan(h["name"], ipaddress.IPv4Interface(h["address"]))
+        return HostPlan(h["name"], ipaddress.IPv4Interface(h["address"]), h["segment"])
 
     return LabPlan(
         name=p["name"],
         pod_cidr=ipaddress.IPv4Network(p["pod_cidr"]),
         underlay=ipaddress.IPv4Network(p["underlay"]),
-        nodes=tuple(NodePlan(n["name"], ipaddress.IPv4Interface(n["address"]),
+        nodes=tuple(NodePlan(n["name"], ipaddress.IPv4Interface(n["address"]), n["segment"],
                              ipaddress.IPv4Network(n["pod_subnet"])) for n in p["nodes"]),
         external=host(p["external"]),
         control=host(p["control"]),
         datastore=p["datastore"],
         backend=p["backend"],
-        backend_options=p.get("backend_options", {}),
+        backend_options=p["backend_options"],
+        segments=tuple(SegmentPlan(s["name"], ipaddress.IPv4Network(s["cidr"]))
+                       for s in p["segments"]),
+        routers=tuple(RouterPlan(r["name"], tuple((seg, ipaddress.IPv4Interface(addr))
+                                                  for seg, addr in r["ports"]))
+                      for r in p["routers"]),
     )
 
 
@@ -73,39 +75,6 @@ def _plan_json(plan: LabPlan) -> dict:
 
 
 # -- up -------------------------------------------------------------------------------
-
-
-def _add_netns(name: str) -> None:
-    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LabError(f"could not create namespace {name}: {proc.stderr.strip()}")
-
-
-def _wire_host(lab: str, host: HostPlan, gateway: ipaddress.IPv4Address | None) -> None:
-    """Plug a host into the underlay: `eth0` in the host, a port named after it on br0."""
-    host_ns = procs.netns_path(netns_name(lab, host.name))
-    host_fd = netns.open_netns(host_ns)
-    try:
-        with netns.iproute(procs.netns_path(netns_name(lab, UNDERLAY))) as ul:
-            ul.link("add", ifname=host.name[:15], kind="veth", state="up",
-                    master=link_index(ul, UNDERLAY_BRIDGE),
-                    peer={"ifname": "eth0", "net_ns_fd": host_fd})
-    finally:
-        os.close(host_fd)
-    with netns.iproute(host_ns) as ipr:
-        eth0 = link_index(ipr, "eth0")
-        ipr.addr("add", index=eth0, address=str(host.address.ip),
-                 prefixlen=host.address.network.prefixlen)
-        ipr.link("set", index=eth0, state="up")
-        ipr.link("set", index=link_index(ipr, "lo"), state="up")
-        if gateway is not None:
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway))
-
-
-def _build_underlay(lab: str) -> None:
-    with netns.iproute(procs.netns_path(netns_name(lab, UNDERLAY))) as ul:
-        ul.link("add", ifname=UNDERLAY_BRIDGE, kind="bridge", state="up")
-        ul.link("set", index=link_index(ul, "lo"), state="up")
 
 
 def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
@@ -191,14 +160,17 @@ def up(plan: LabPlan, files: LabFiles | None = None) -> LabRecord:
 
 
 def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
-    hosts = [plan.external, *([plan.control] if plan.datastore == "etcd" else [])]
-    for host in (UNDERLAY, *(h.name for h in hosts), *(n.name for n in plan.nodes)):
-        _add_netns(netns_name(plan.name, host))
-    _build_underlay(plan.name)
+    hosts = [plan.external, *([plan.control] if plan.datastore == "etcd" else []),
+             *plan.nodes]
+    for name in (*(s.name for s in plan.segments), *(r.name for r in plan.routers),
+                 *(h.name for h in hosts)):
+        procs.add_netns(netns_name(plan.name, name))
+    for segment in plan.segments:
+        underlay.build_segment(plan.name, segment)
+    for router in plan.routers:
+        underlay.wire_router(plan, router)
     for host in hosts:
-        _wire_host(plan.name, host, None)
-    for node in plan.nodes:
-        _wire_host(plan.name, node, plan.external.address.ip)
+        underlay.wire_host(plan, host)
     control.start_datastore(plan, files, record)
     control.write_network_config(plan, record)
     install_plugins(files.bin_dir)
@@ -217,18 +189,18 @@ def node_status(files: LabFiles, node: str) -> dict | None:
 # -- nodes joining and leaving a running lab ------------------------------------------
 
 
-def add_node(lab: str, files: LabFiles | None = None) -> NodePlan:
-    """A new node on the underlay, running an agent that joins the cluster."""
+def add_node(lab: str, files: LabFiles | None = None, segment: str | None = None) -> NodePlan:
+    """A new node on `segment` (default: the first), running an agent that joins."""
     files = files or LabFiles(lab)
     with files.locked():
         record = files.load()
         plan = plan_of(record)
-        plan = plan.with_node(plan.next_node_index())
+        plan = plan.with_node(plan.next_node_index(), segment)
         node = plan.nodes[-1]
         record.plan = _plan_json(plan)  # recorded first: `down` finds a half-added node
         files.save(record)
-    _add_netns(netns_name(lab, node.name))
-    _wire_host(lab, node, plan.external.address.ip)
+    procs.add_netns(netns_name(lab, node.name))
+    underlay.wire_host(plan, node)
     with files.locked():
         record = files.load()
         record.agents[node.name] = start_agent(files, record, node)
@@ -359,7 +331,7 @@ def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
     att = _attachment(pod, capabilities)
     made_netns = False
     try:
-        _add_netns(pod.netns)
+        procs.add_netns(pod.netns)
         made_netns = True
         pod.ip = _pod_ip(runtime.add(att))
     except BaseException as err:
@@ -420,7 +392,8 @@ def delete_pod(lab: str, ref: str, files: LabFiles | None = None) -> PodRecord:
 
 
 def target_netns(lab: str, target: str, files: LabFiles | None = None) -> str:
-    """The namespace of a node name, `external`, or NAMESPACE/POD."""
+    """The namespace of NAMESPACE/POD, a node, a router, a segment, `external` or
+    `control`."""
     files = files or LabFiles(lab)
     record = files.load()
     if "/" in target:
@@ -429,7 +402,11 @@ def target_netns(lab: str, target: str, files: LabFiles | None = None) -> str:
             raise LabError(f"lab {lab} has no pod {target}")
         return pod.netns
     plan = plan_of(record)
-    if target != plan.external.name and target != UNDERLAY:
+    hosts = {plan.external.name, *(s.name for s in plan.segments),
+             *(r.name for r in plan.routers)}
+    if plan.datastore == "etcd":
+        hosts.add(plan.control.name)
+    if target not in hosts:
         try:
             plan.node(target)
         except PlanError as err:

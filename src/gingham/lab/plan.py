@@ -10,13 +10,22 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 
+from gingham.lab.topology import (
+    FIRST_NODE_HOST,
+    Placement,
+    RouterPlan,
+    SegmentPlan,
+    Topology,
+    node_index,
+)
+
 LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 POD_PART = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$")
 DEFAULT_LAB = "gingham"
 DEFAULT_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
 DEFAULT_UNDERLAY = ipaddress.IPv4Network("192.168.50.0/24")
 NODE_SUBNET_PREFIX = 24
-FIRST_NODE_HOST = 11  # node k is .(10+k) on the underlay
+UNDERLAY = "underlay"  # the one segment of a lab built without a topology file
 EXTERNAL = "external"
 CONTROL = "control"
 DATASTORES = ("embedded", "etcd")
@@ -54,6 +63,7 @@ def pod_netns_name(lab: str, namespace: str, pod: str) -> str:
 class HostPlan:
     name: str
     address: ipaddress.IPv4Interface
+    segment: str = UNDERLAY
 
 
 @dataclass(frozen=True)
@@ -65,13 +75,15 @@ class NodePlan(HostPlan):
 class LabPlan:
     name: str
     pod_cidr: ipaddress.IPv4Network
-    underlay: ipaddress.IPv4Network
+    underlay: ipaddress.IPv4Network  # the first segment's CIDR
     nodes: tuple[NodePlan, ...]
     external: HostPlan
     control: HostPlan  # runs etcd when the datastore is etcd
     datastore: str = DEFAULT_DATASTORE
     backend: str = DEFAULT_BACKEND
     backend_options: dict = field(default_factory=dict, hash=False)  # e.g. DirectRouting
+    segments: tuple[SegmentPlan, ...] = ()
+    routers: tuple[RouterPlan, ...] = ()
 
     @classmethod
     def single_segment(
@@ -84,47 +96,89 @@ class LabPlan:
         backend: str = DEFAULT_BACKEND,
         backend_options: dict | None = None,
     ) -> LabPlan:
-        check_lab_name(name)
         if nodes < 1:
             raise PlanError("a lab needs at least one node")
-        if datastore not in DATASTORES:
-            raise PlanError(f"datastore {datastore!r} is not one of {', '.join(DATASTORES)}")
-        if underlay.overlaps(pod_cidr):
-            raise PlanError(f"underlay {underlay} overlaps the pod CIDR {pod_cidr}")
-        hosts = list(underlay.hosts())
-        if len(hosts) < FIRST_NODE_HOST + 1:
-            raise PlanError(f"underlay {underlay} is too small for a lab")
-        plan = cls(name=name, pod_cidr=pod_cidr, underlay=underlay, nodes=(),
-                   external=HostPlan(EXTERNAL, _on(underlay, hosts[-1])),
-                   control=HostPlan(CONTROL, _on(underlay, hosts[1])),
-                   datastore=datastore, backend=backend,
-                   backend_options=dict(backend_options or {}))
+        topology = Topology(segments=(SegmentPlan(UNDERLAY, underlay),), routers=(),
+                            nodes=(), external=Placement(EXTERNAL, UNDERLAY, _last(underlay)),
+                            control=Placement(CONTROL, UNDERLAY, _host(underlay, 2)))
+        plan = cls.from_topology(name, topology, pod_cidr, datastore, backend, backend_options)
         for k in range(1, nodes + 1):
             plan = plan.with_node(k)
         return plan
 
-    def with_node(self, k: int) -> LabPlan:
-        """This plan plus node k: underlay address .(10+k), preferred pod subnet k."""
-        hosts = list(self.underlay.hosts())
+    @classmethod
+    def from_topology(
+        cls,
+        name: str,
+        topology: Topology,
+        pod_cidr: ipaddress.IPv4Network = DEFAULT_POD_CIDR,
+        datastore: str = DEFAULT_DATASTORE,
+        backend: str = DEFAULT_BACKEND,
+        backend_options: dict | None = None,
+    ) -> LabPlan:
+        check_lab_name(name)
+        if datastore not in DATASTORES:
+            raise PlanError(f"datastore {datastore!r} is not one of {', '.join(DATASTORES)}")
+        for segment in topology.segments:
+            if segment.cidr.overlaps(pod_cidr):
+                raise PlanError(f"segment {segment.name} ({segment.cidr}) overlaps the pod "
+                                f"CIDR {pod_cidr}")
+            if segment.cidr.num_addresses < 2 + FIRST_NODE_HOST + 2:
+                raise PlanError(f"segment {segment.name} ({segment.cidr}) is too small")
+
+        def host(p: Placement) -> HostPlan:
+            return HostPlan(p.name, p.address, p.segment)
+
+        plan = cls(name=name, pod_cidr=pod_cidr, underlay=topology.segments[0].cidr, nodes=(),
+                   external=host(topology.external), control=host(topology.control),
+                   datastore=datastore, backend=backend,
+                   backend_options=dict(backend_options or {}),
+                   segments=topology.segments, routers=topology.routers)
+        for i, node in enumerate(topology.nodes, start=1):
+            plan = plan._with(NodePlan(node.name, node.address, node.segment,
+                                       plan._subnet(node_index(node.name, i))))
+        return plan
+
+    def topology(self) -> Topology:
+        return Topology(
+            segments=self.segments, routers=self.routers,
+            nodes=tuple(Placement(n.name, n.segment, n.address) for n in self.nodes),
+            external=Placement(self.external.name, self.external.segment,
+                               self.external.address),
+            control=Placement(self.control.name, self.control.segment, self.control.address),
+        )
+
+    def _subnet(self, k: int) -> ipaddress.IPv4Network:
         subnets = list(self.pod_cidr.subnets(new_prefix=NODE_SUBNET_PREFIX)) \
             if self.pod_cidr.prefixlen <= NODE_SUBNET_PREFIX else []
         if k >= len(subnets):
             raise PlanError(f"pod CIDR {self.pod_cidr} has too few /{NODE_SUBNET_PREFIX} "
                             f"subnets for node{k} (node k gets subnet k)")
-        if FIRST_NODE_HOST - 2 + k >= len(hosts) - 1:
-            raise PlanError(f"underlay {self.underlay} is too small for node{k}")
-        if any(n.name == f"node{k}" for n in self.nodes):
-            raise PlanError(f"lab {self.name} already has node{k}")
-        node = NodePlan(f"node{k}", _on(self.underlay, hosts[FIRST_NODE_HOST - 2 + k]),
-                        subnets[k])
+        return subnets[k]
+
+    def _with(self, node: NodePlan) -> LabPlan:
+        if any(n.name == node.name for n in self.nodes):
+            raise PlanError(f"lab {self.name} already has {node.name}")
         return replace(self, nodes=(*self.nodes, node))
+
+    def with_node(self, k: int, segment: str | None = None) -> LabPlan:
+        """This plan plus node k on `segment` (default: the first): address .(10+k),
+        preferred pod subnet k."""
+        seg = next((s for s in self.segments if s.name == (segment or self.segments[0].name)),
+                   None)
+        if seg is None:
+            raise PlanError(f"lab {self.name} has no segment {segment!r}")
+        if FIRST_NODE_HOST + k >= seg.cidr.num_addresses - 2:
+            raise PlanError(f"segment {seg.name} ({seg.cidr}) is too small for node{k}")
+        return self._with(NodePlan(f"node{k}", _host(seg.cidr, FIRST_NODE_HOST + k), seg.name,
+                                   self._subnet(k)))
 
     def without_node(self, name: str) -> LabPlan:
         self.node(name)
         return replace(self, nodes=tuple(n for n in self.nodes if n.name != name))
 
     def next_node_index(self) -> int:
-        return max((int(n.name.removeprefix("node")) for n in self.nodes), default=0) + 1
+        return max((node_index(n.name, 0) for n in self.nodes), default=0) + 1
 
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:
@@ -134,6 +188,9 @@ class LabPlan:
                         f"(nodes: {', '.join(n.name for n in self.nodes)})")
 
 
-def _on(underlay: ipaddress.IPv4Network, address: ipaddress.IPv4Address
-        ) -> ipaddress.IPv4Interface:
-    return ipaddress.IPv4Interface(f"{address}/{underlay.prefixlen}")
+def _host(cidr: ipaddress.IPv4Network, n: int) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{cidr.network_address + n}/{cidr.prefixlen}")
+
+
+def _last(cidr: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    return _host(cidr, cidr.num_addresses - 2)

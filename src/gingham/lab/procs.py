@@ -22,6 +22,13 @@ def netns_path(name: str) -> str:
     return str(NETNS_DIR / name)
 
 
+def add_netns(name: str) -> None:
+    """`ip netns add`, from this (root) mount namespace, so the name is visible to all."""
+    proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise OSError(f"could not create namespace {name}: {proc.stderr.strip()}")
+
+
 def run_in(ns: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     with netns.entered(netns_path(ns)):
         return subprocess.run(argv, **kwargs)
