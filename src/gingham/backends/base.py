@@ -20,6 +20,7 @@ class BackendPlan:
     routes: set[RouteIntent] = field(default_factory=set)
     neighbours: set[NeighIntent] = field(default_factory=set)
     fdb: set[FdbIntent] = field(default_factory=set)
+    peers: dict = field(default_factory=dict)  # subnet -> node address, for userspace tunnels
     problems: list[str] = field(default_factory=list)  # why some lease gets no path
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from gingham.backends import ipip, udp
 from gingham.backends.base import Backend
 from gingham.backends.hostgw import HostGwBackend
 from gingham.backends.vxlan import VxlanBackend, VxlanOptions
 from gingham.dataplane.uplink import Uplink
 from gingham.model.network import BackendConfig
 
-AVAILABLE = (HostGwBackend.type, VxlanBackend.type)
+AVAILABLE = (HostGwBackend.type, VxlanBackend.type, udp.TYPE, ipip.TYPE)
 
 
 class BackendUnavailable(ValueError):
@@ -19,12 +20,24 @@ def check_options(config: BackendConfig) -> None:
     """Refuse a backend config no agent could run (raises ValueError); no kernel needed."""
     if config.type == VxlanBackend.type:
         VxlanOptions.parse(config)
+    elif config.type == udp.TYPE:
+        udp.parse_port(config)
+    elif config.type == ipip.TYPE:
+        ipip.check_options(config)
 
 
-def make_backend(config: BackendConfig, uplink: Uplink, node_name: str) -> Backend:
+def make_backend(config: BackendConfig, uplink: Uplink, node_name: str,
+                 subnet_len: int = 24) -> Backend:
     if config.type == HostGwBackend.type:
         return HostGwBackend(uplink)
     if config.type == VxlanBackend.type:
         return VxlanBackend(VxlanOptions.parse(config), uplink, node_name)
+    if config.type == udp.TYPE:
+        return udp.UdpBackend(config, uplink, subnet_len)
+    if config.type == ipip.TYPE:
+        ipip.check_options(config)
+        if ipip.kernel_has_ipip():
+            return ipip.KernelIpipBackend(uplink)
+        return ipip.UserspaceIpipBackend(uplink, subnet_len)
     raise BackendUnavailable(f"backend {config.type!r} is not implemented yet "
                              f"(available: {', '.join(AVAILABLE)})")

@@ -1,0 +1,32 @@
+"""TUN devices: the kernel hands a userspace tunnel every IP packet routed into the device,
+and takes back every packet written to it. The device lives as long as its fd is open, so
+a stopped agent leaves none behind."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+
+
+class TunError(RuntimeError):
+    pass
+
+
+def open_tun(name: str) -> int:
+    """Create TUN device `name` in this thread's namespace; returns its fd."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        raise TunError(f"no TUN device (/dev/net/tun: {err.strerror}); the kernel needs "
+                       "CONFIG_TUN for the udp and userspace ipip backends") from err
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    except OSError as err:
+        os.close(fd)
+        raise TunError(f"cannot create TUN device {name}: {err.strerror}") from err
+    return fd
