@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gingham.dataplane.routes import RouteIntent
+from pyroute2 import IPRoute
+
+from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import FdbIntent, NeighIntent
 from gingham.subnet.lease import Lease
@@ -48,3 +50,10 @@ class Backend(Protocol):
     def teardown(self) -> None:
         """Remove everything this backend owns (switching to another backend)."""
         ...
+
+
+def program_routes(ipr: IPRoute, routes: set[RouteIntent]) -> list[str]:
+    """Make Gingham's routes exactly `routes`; a destination someone else's route already
+    holds is left alone and returned as a problem."""
+    diff = apply_routes(ipr, routes)
+    return [f"route to {dst} exists and is not Gingham's; left alone" for dst in diff.blocked]

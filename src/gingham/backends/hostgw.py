@@ -7,7 +7,7 @@ cannot resolve it. Such leases are refused with the reason, never half-routed.
 
 from __future__ import annotations
 
-from gingham.backends.base import BackendPlan
+from gingham.backends.base import BackendPlan, program_routes
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
@@ -73,9 +73,7 @@ class HostGwBackend:
 
     def apply(self, plan: BackendPlan) -> list[str]:
         with netns.iproute() as ipr:
-            diff = apply_routes(ipr, plan.routes)
-        return [f"route to {dst} exists and is not Gingham's; left alone"
-                for dst in diff.blocked]
+            return program_routes(ipr, plan.routes)
 
     def teardown(self) -> None:
         with netns.iproute() as ipr:

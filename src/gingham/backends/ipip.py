@@ -12,7 +12,7 @@ import errno
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from gingham.backends.base import BackendPlan
+from gingham.backends.base import BackendPlan, program_routes
 from gingham.backends.hostgw import others_of_type
 from gingham.backends.userspace import IpipTransport, Transport, UserspaceBackend
 from gingham.backends.vxlan import BackendConfigError
@@ -94,9 +94,7 @@ class KernelIpipBackend:
 
     def apply(self, plan: BackendPlan) -> list[str]:
         with netns.iproute() as ipr:
-            diff = apply_routes(ipr, plan.routes)
-        return [f"route to {dst} exists and is not Gingham's; left alone"
-                for dst in diff.blocked]
+            return program_routes(ipr, plan.routes)
 
     def teardown(self) -> None:
         with netns.iproute() as ipr:

@@ -18,7 +18,7 @@ import socket
 import threading
 from typing import Protocol
 
-from gingham.backends.base import BackendPlan
+from gingham.backends.base import BackendPlan, program_routes
 from gingham.backends.hostgw import others_of_type
 from gingham.dataplane import netns
 from gingham.dataplane.bridge import link_index
@@ -173,9 +173,7 @@ class UserspaceBackend:
         assert self.engine is not None
         self.engine.update(plan.peers)  # before the routes: no packet meets an unknown peer
         with netns.iproute() as ipr:
-            diff = apply_routes(ipr, plan.routes)
-        return [f"route to {dst} exists and is not Gingham's; left alone"
-                for dst in diff.blocked]
+            return program_routes(ipr, plan.routes)
 
     def teardown(self) -> None:
         with netns.iproute() as ipr:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gingham.backends.base import BackendPlan
+from gingham.backends.base import BackendPlan, program_routes
 from gingham.backends.hostgw import direct_route, others_of_type
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
@@ -122,9 +122,7 @@ class VxlanBackend:
             # Neighbour and FDB first: a route must never point at a peer not yet known.
             apply_neighbours(ipr, self.index, plan.neighbours)
             apply_fdb(ipr, self.index, plan.fdb)
-            diff = apply_routes(ipr, plan.routes)
-        return [f"route to {dst} exists and is not Gingham's; left alone"
-                for dst in diff.blocked]
+            return program_routes(ipr, plan.routes)
 
     def teardown(self) -> None:
         with netns.iproute() as ipr:
