@@ -137,6 +137,10 @@ def test_vtep_mac_is_stable_across_agent_restarts(make_lab):
 
 def test_direct_routing_uses_host_gw_routes_on_one_segment(make_lab):
     lab = make_lab(2, backend="vxlan", backend_options={"DirectRouting": True})
+    deadline = time.monotonic() + 3
+    while not has_route(lab, "node1", "10.244.2.0/24"):  # the first sync follows serving
+        assert time.monotonic() < deadline, "node1 never routed to node2"
+        time.sleep(0.02)
     routes, _, fdb = entries(lab, "node1")
     assert routes["10.244.2.0/24"]["gateway"] == "192.168.50.12"
     assert routes["10.244.2.0/24"]["dev"] == "eth0" and fdb == {}
