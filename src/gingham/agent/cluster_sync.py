@@ -134,4 +134,6 @@ class ClusterSync:
                 log.warning("%s", problem)
         self.on_nodes({lease.attrs.public_ip for lease in leases.values()}
                       | {route.gateway for route in held if route.gateway is not None})
-        self.status.update(routes=len(plan.routes), problems=problems)
+        own = self.own().subnet
+        self.status.update(routes=len(plan.routes), problems=problems,
+                           peers=sum(1 for subnet in leases if subnet != own))

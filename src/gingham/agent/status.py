@@ -20,6 +20,7 @@ class AgentStatus:
     subnet: str = ""
     public_ip: str = ""
     routes: int = 0
+    peers: int = -1  # other nodes' leases in the last applied picture; -1: not synced yet
     problems: list[str] = field(default_factory=list)
     updated: float = 0.0
 

@@ -179,6 +179,22 @@ def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
         files.save(record)
     for node in plan.nodes:
         wait_for_agent(files, node.name, record.agents[node.name])
+    wait_for_mesh(files, [n.name for n in plan.nodes])
+
+
+def wait_for_mesh(files: LabFiles, nodes: list[str], timeout: float = AGENT_READY_TIMEOUT) -> None:
+    """Until every agent has applied a picture with every other node in it, so a lab is
+    returned with its dataplane programmed, not merely with agents that serve."""
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = [n for n in nodes
+                  if (node_status(files, n) or {}).get("peers", -1) < len(nodes) - 1]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"agents of {', '.join(behind)} have not seen every node after "
+                           f"{timeout:.0f}s")
+        time.sleep(0.02)
 
 
 def node_status(files: LabFiles, node: str) -> dict | None:
@@ -206,6 +222,7 @@ def add_node(lab: str, files: LabFiles | None = None, segment: str | None = None
         record.agents[node.name] = start_agent(files, record, node)
         files.save(record)
     wait_for_agent(files, node.name, record.agents[node.name])
+    wait_for_mesh(files, [n.name for n in plan.nodes])
     return node
 
 
