@@ -19,7 +19,7 @@ test-integration: setup
 	$(PY) -m pytest -q -m "integration or conformance" tests
 
 bench: setup
-	$(PY) bench/cni_latency.py && $(PY) bench/convergence.py
+	$(PY) bench/cni_latency.py && $(PY) bench/convergence.py && $(PY) bench/throughput.py
 
 lint: setup
 	.venv/bin/ruff check .
