@@ -378,7 +378,8 @@ def report(results: list[Result], samples: int, seconds: float) -> bool:
             print(f"  warning: {r.overruns} monitor overruns; some notifications were lost")
     print("(first: median over samples of the fastest node's latency; missing: node "
           f"notifications not seen within {SAMPLE_TIMEOUT:.0f}s)")
-    print("(up: cluster.up; mesh: until every node routes to all others; idle cpu: all agents, "
+    print("(up: cluster.up, which returns once every agent has seen every node; mesh: the "
+          "further wait until every route is in every kernel; idle cpu: all agents, "
           "% of one core; cpu s/change: all agents' CPU per lease change)")
     big = [r for r in results if r.nodes >= TARGET_NODES]
     if big:

@@ -74,6 +74,20 @@ class Lab:
         ns = cluster.target_netns(self.name, target, files=self.files)
         return procs.popen_in(ns, list(argv), **kwargs)
 
+    def capture_one(self, target: str, tcpdump_filter: list[str], then) -> str:
+        """tcpdump's account (-nv) of the first packet on `target`'s br0 that matches the
+        filter, while `then()` makes traffic; the capture is stopped whatever happens."""
+        capture = self.popen(target, "tcpdump", "-nvli", "br0", "-c", "1", *tcpdump_filter,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            time.sleep(0.5)  # tcpdump attaches before the traffic starts
+            then()
+            return capture.communicate(timeout=5)[0]
+        finally:
+            if capture.poll() is None:
+                capture.kill()
+                capture.wait()
+
     def pings(self, source: str, address: str) -> bool:
         return self.run(source, "ping", "-n", "-c", "1", "-W", "2", address,
                         check=False).returncode == 0

@@ -4,7 +4,6 @@ through a TUN device, across a router, as real UDP/8285 or IP-protocol-4 packets
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -47,18 +46,12 @@ def test_routes_go_into_the_tun_device_and_mtu_leaves_room(tunnel_lab):
 
 def test_packets_on_the_wire_are_the_real_thing(tunnel_lab):
     backend, lab = tunnel_lab
-    capture = procs.popen_in(lab.netns("right"),
-                             ["tcpdump", "-nvli", "br0", "-c", "1", *WIRE[backend][2]],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
-        pod3 = lab.files.load().pods["default/node3"].ip
+    pod3 = lab.files.load().pods["default/node3"].ip
+
+    def ping() -> None:
         assert lab.pings("default/node1", pod3)
-        out = capture.communicate(timeout=5)[0]
-    finally:
-        if capture.poll() is None:
-            capture.kill()
-            capture.wait()
+
+    out = lab.capture_one("right", WIRE[backend][2], ping)
     assert "192.168.50.11" in out and "192.168.60.13" in out
     if backend == "ipip":
         assert "proto IPIP (4)" in out and f"> {pod3}: ICMP echo request" in out

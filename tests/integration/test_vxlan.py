@@ -4,7 +4,6 @@ permanent neighbour and the FDB entry the seeds show; real VXLAN packets on the 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -83,17 +82,10 @@ def test_pod_mtu_and_subnet_env_leave_room_for_vxlan(vxlan_lab):
 
 def test_pod_traffic_crosses_the_underlay_as_vxlan(vxlan_lab):
     lab, pods = vxlan_lab
-    capture = procs.popen_in(lab.netns("underlay"),
-                             ["tcpdump", "-nli", "br0", "-c", "1", "udp", "port", "8472"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
+    def ping() -> None:
         assert lab.pings("default/v1", pods[2])
-        out = capture.communicate(timeout=5)[0]
-    finally:
-        if capture.poll() is None:
-            capture.kill()
-            capture.wait()
+
+    out = lab.capture_one("underlay", ["udp", "port", "8472"], ping)
     assert "192.168.50.11" in out and "192.168.50.12.8472" in out
 
 
