@@ -21,18 +21,22 @@ time. Within a lab's phase Gingham and twin runs alternate, and which one goes f
 alternates too, so background load falls on both alike. Each figure is the median over
 --repeats runs of `iperf3 -t <seconds>`, the receiver's bits per second.
 
-With --masq-twin the twins' nodes also get Gingham's masquerade table (a nat chain, so
-conntrack tracks every packet, as on Gingham's nodes): what is left between Gingham and
-its twin is then everything but the cost of masquerading.
+Every lab runs with ip-masq on (the lab's default, as kube-flannel runs flanneld) and
+again with --no-ip-masq. A twin's nodes carry the same masquerade rules, written by hand
+with nft, exactly when the lab they are compared with masquerades: the nat chain makes
+conntrack track every packet a node forwards, a cost of the feature, not of Gingham, so
+like is compared with like.
 
-    .venv/bin/python bench/throughput.py [--repeats 3] [--seconds 3]
-                                         [--backends host-gw,vxlan,udp,ipip] [--masq-twin]
+    .venv/bin/python bench/throughput.py [--repeats 5] [--seconds 3]
+                                         [--backends host-gw,vxlan,udp,ipip]
+                                         [--ip-masq on|off|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -61,8 +65,9 @@ UNDERLAY = "192.168.50.{}"
 CPU_TICK = os.sysconf("SC_CLK_TCK")
 VTEP_MAC = "02:74:77:00:00:{:02x}"  # locally administered, fixed: the twin's neigh/fdb need it
 LOADED_PCT = 10.0  # others' mean CPU (% of one core) above which a row counts as loaded
-# --masq-twin: the rules of Gingham's masquerade table (dataplane/masquerade.py), written out
-# by hand. A nat chain makes conntrack track every packet in the namespace, bridged ones
+MASQ_MODES = {"on": (True,), "off": (False,), "both": (True, False)}
+# The rules of Gingham's masquerade table (dataplane/masquerade.py), written out by hand for
+# the twins. A nat chain makes conntrack track every packet in the namespace, bridged ones
 # too where br_netfilter is loaded; that, not the rules, is what a packet pays.
 MASQ_RULES = """table ip twin {
   set cluster { type ipv4_addr; flags interval; elements = { 10.244.0.0/16 } }
@@ -105,8 +110,8 @@ def sysctl(ns: str, setting: str) -> None:
     _run(["ip", "netns", "exec", ns, "sysctl", "-qw", setting])
 
 
-def masquerade(ns: str) -> None:
-    proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=MASQ_RULES,
+def nft(ns: str, script: str) -> None:
+    proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise BenchError(f"nft in {ns} failed: {proc.stderr.strip()}")
@@ -154,8 +159,9 @@ class Twins:
     """Every hand-built namespace, recorded before it is made so teardown finds it."""
 
     prefix: str
-    masq: bool = False  # give each node Gingham's masquerade table too
     namespaces: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # the ones a masquerade table goes in
+    masq: bool = False
     veth: Pair | None = None
     bridge: SameNodeTwin | None = None
     cross: dict[str, Pair] = field(default_factory=dict)  # backend -> node2 pod → node1 pod
@@ -180,6 +186,13 @@ class Twins:
             if backend in KERNEL_TUNNELS:
                 self.cross[backend] = self._two_nodes(backend)
 
+    def set_masq(self, on: bool) -> None:
+        """Give every node the masquerade table, or take it away (conntrack with it)."""
+        if on != self.masq:
+            for node in self.nodes:
+                nft(node, MASQ_RULES if on else "delete table ip twin\n")
+            self.masq = on
+
     def _veth(self) -> Pair:
         a, b = self.netns("va"), self.netns("vb")
         ip(a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b)
@@ -193,8 +206,7 @@ class Twins:
         ip(node, "link", "add", "cni0", "mtu", str(mtu), "type", "bridge")
         ip(node, "addr", "add", f"10.244.{k}.1/24", "dev", "cni0")
         ip(node, "link", "set", "cni0", "up")
-        if self.masq:
-            masquerade(node)
+        self.nodes.append(node)
 
     def _pod(self, node: str, suffix: str, host_end: str, address: str, gateway: str,
              mtu: int) -> str:
@@ -408,6 +420,7 @@ def wait_path(pair: Pair, timeout: float = READY_TIMEOUT) -> None:
 class Row:
     path: str  # same-node / cross-node
     backend: str
+    masq: bool  # ip-masq on the lab, the masquerade table on its twin's nodes
     streams: int
     twin: str  # what the twin column is
     kernel: bool  # held to the target
@@ -419,13 +432,14 @@ class Row:
 
 @dataclass
 class Results:
-    rows: dict[tuple[str, str, int], Row] = field(default_factory=dict)
+    rows: dict[tuple[str, str, bool, int], Row] = field(default_factory=dict)
     baseline: dict[int, list[float]] = field(default_factory=dict)  # streams -> Gbit/s
 
-    def row(self, path: str, backend: str, streams: int, twin: str, kernel: bool) -> Row:
-        key = (path, backend, streams)
+    def row(self, path: str, backend: str, masq: bool, streams: int, twin: str,
+            kernel: bool) -> Row:
+        key = (path, backend, masq, streams)
         if key not in self.rows:
-            self.rows[key] = Row(path, backend, streams, twin, kernel)
+            self.rows[key] = Row(path, backend, masq, streams, twin, kernel)
         return self.rows[key]
 
 
@@ -465,7 +479,8 @@ def shielded() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def lab_of(name: str, backend: str, servers: Servers, made: list[str]) -> Iterator[LabFiles]:
+def lab_of(name: str, backend: str, masq: bool, servers: Servers,
+           made: list[str]) -> Iterator[LabFiles]:
     """A running two-node lab; torn down whatever happens (Ctrl-C too), our iperf3 servers
     in it stopped first."""
     files = LabFiles(name)
@@ -473,7 +488,8 @@ def lab_of(name: str, backend: str, servers: Servers, made: list[str]) -> Iterat
     try:
         try:
             made.append(name)
-            cluster.up(LabPlan.single_segment(name, 2, backend=backend), files)
+            plan = LabPlan.single_segment(name, 2, backend=backend)
+            cluster.up(dataclasses.replace(plan, ip_masq=masq), files)
         except cluster.LabExists as err:
             ours = False  # someone else's: never tear it down
             made.remove(name)
@@ -489,11 +505,13 @@ def lab_of(name: str, backend: str, servers: Servers, made: list[str]) -> Iterat
                     log(f"teardown of lab {name} failed: {err}")
 
 
-def lab_phase(backend: str, twins: Twins, runner: Runner, results: Results, repeats: int,
-              made: list[str]) -> None:
+def lab_phase(backend: str, masq: bool, twins: Twins, runner: Runner, results: Results,
+              repeats: int, made: list[str]) -> None:
     name = "thr" + secrets.token_hex(2)
-    log(f"{backend}: building lab {name}")
-    with lab_of(name, backend, runner.servers, made) as files:
+    phase = f"{backend}, ip-masq {'on' if masq else 'off'}"
+    log(f"{phase}: building lab {name}")
+    twins.set_masq(masq)
+    with lab_of(name, backend, masq, runner.servers, made) as files:
         agents = set(files.load().agents.values())
         runner.others.ours |= agents
         server = cluster.add_pod(name, "node1", "default/srv", files=files)
@@ -509,19 +527,17 @@ def lab_phase(backend: str, twins: Twins, runner: Runner, results: Results, repe
         cross_twin = twins.cross.get(backend)
         for pair in (same, cross, twins.bridge.pair, *([cross_twin] if cross_twin else [])):
             wait_path(pair)
-        masq = " +masq" if twins.masq else ""
         plan: list[tuple[Row, Pair, Pair | None]] = []
         for streams in STREAMS:
-            plan.append((results.row("same-node", backend, streams,
-                                     f"bridge{masq}, MTU {mtu}", True),
-                         same, twins.bridge.pair))
+            plan.append((results.row("same-node", backend, masq, streams, f"bridge, MTU {mtu}",
+                                     True), same, twins.bridge.pair))
             if cross_twin is not None:
-                plan.append((results.row("cross-node", backend, streams,
-                                         f"{backend} twin{masq}", True), cross, cross_twin))
+                plan.append((results.row("cross-node", backend, masq, streams,
+                                         f"{backend} twin", True), cross, cross_twin))
             else:
-                plan.append((results.row("cross-node", backend, streams,
-                                         f"vxlan twin{masq} (reference)", False), cross, None))
-        log(f"{backend}: pod MTU {mtu}; {repeats} repeats of {len(plan)} comparisons")
+                plan.append((results.row("cross-node", backend, masq, streams,
+                                         "vxlan twin (reference)", False), cross, None))
+        log(f"{phase}: pod MTU {mtu}; {repeats} repeats of {len(plan)} comparisons")
         for r in range(repeats):
             for i, (row, gingham_pair, twin_pair) in enumerate(plan):
                 order = [(gingham_pair, row.gingham)]
@@ -535,7 +551,7 @@ def lab_phase(backend: str, twins: Twins, runner: Runner, results: Results, repe
         if cross_twin is not None:
             runner.servers.stop(cross_twin.server)
         runner.others.ours -= agents
-        log(f"{backend}: measured; tearing down")
+        log(f"{phase}: measured; tearing down")
 
 
 # -- report --------------------------------------------------------------------------------
@@ -560,17 +576,18 @@ def report(results: Results, repeats: int, seconds: int, elapsed: float,
            complete: bool) -> bool:
     print(f"\nPod-to-pod TCP throughput: iperf3 -t {seconds}, median of {repeats} runs, "
           f"{elapsed:.0f}s total")
-    print(f"{'path':<10} {'backend':<7} {'streams':>7} {'Gbit/s':>7} {'twin Gbit/s':>11} "
+    print(f"{'path':<10} {'backend':<7} {'masq':<4} {'streams':>7} {'Gbit/s':>7} "
+          f"{'twin Gbit/s':>11} "
           f"{'ratio':>6} {'best':>6} {'spread%':>7} {'others%':>7}  twin")
     missed: list[str] = []
     loaded = False
     for row in sorted(results.rows.values(),
-                      key=lambda r: (r.path != "same-node", BACKENDS.index(r.backend),
-                                     r.streams)):
+                      key=lambda r: (not r.masq, r.path != "same-node",
+                                     BACKENDS.index(r.backend), r.streams)):
         ours = median(row.gingham)
         twin_runs = row.twin_runs
         if not row.kernel:
-            ref = results.rows.get(("cross-node", "vxlan", row.streams))
+            ref = results.rows.get(("cross-node", "vxlan", row.masq, row.streams))
             twin_runs = ref.twin_runs if ref is not None else []
         twin = median(twin_runs)
         ratio = ours / twin if ours is not None and twin else None
@@ -579,16 +596,18 @@ def report(results: Results, repeats: int, seconds: int, elapsed: float,
         best = max(row.gingham) / max(twin_runs) if row.gingham and twin_runs else None
         others = statistics.mean(row.others) * 100 if row.others else 0.0
         note = row.twin + (f"; {row.failed} runs failed" if row.failed else "")
-        print(f"{row.path:<10} {row.backend:<7} {row.streams:>7} {fmt(ours)} "
+        masq = "on" if row.masq else "off"
+        print(f"{row.path:<10} {row.backend:<7} {masq:<4} {row.streams:>7} {fmt(ours)} "
               f"{fmt(twin, '11.2f')} {fmt(ratio, '6.3f')} {fmt(best, '6.3f')} "
               f"{max(spread(row.gingham), spread(twin_runs)):7.1f} {others:7.1f}  {note}")
         if row.kernel and (ratio is None or ratio < TARGET_RATIO):
-            missed.append(f"{row.path} {row.backend} x{row.streams}")
+            missed.append(f"{row.path} {row.backend} masq {masq} x{row.streams}")
             loaded |= others >= LOADED_PCT
     base = ", ".join(f"{s} stream{'s' if s > 1 else ''} {fmt(median(v), '.2f')} Gbit/s"
                      for s, v in sorted(results.baseline.items()))
     print(f"baseline, one veth pair between two namespaces: {base or 'not measured'}")
-    print("(ratio: Gingham / twin, of the medians; best: of the best runs; spread: the larger "
+    print("(masq: ip-masq on the lab and the same masquerade table on its twin's nodes; "
+          "ratio: Gingham / twin, of the medians; best: of the best runs; spread: the larger "
           "(max-min)/median of the two sides' runs; others: mean CPU other processes used "
           "during the runs, % of one core; udp and ipip cross-node: ratio to the vxlan twin, "
           "for reference only)")
@@ -612,16 +631,15 @@ def _terminate(signum, frame):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per figure; the median is reported (default 3)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs per figure; the median is reported (default 5)")
     parser.add_argument("--seconds", type=int, default=3,
                         help="iperf3 -t, seconds per run (default 3)")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"backends (default {','.join(BACKENDS)})")
-    parser.add_argument("--masq-twin", action="store_true",
-                        help="give the twins' nodes Gingham's masquerade table too (nft, "
-                             "so conntrack runs there as on Gingham's nodes): isolates what "
-                             "the masquerade costs from everything else")
+    parser.add_argument("--ip-masq", choices=sorted(MASQ_MODES), default="both",
+                        help="labs with ip-masq on, off, or both in turn (default both); "
+                             "the twins follow")
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or set(backends) - set(BACKENDS):
@@ -632,7 +650,7 @@ def main() -> int:
         parser.error("needs root: it builds network namespaces")
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
-    twins = Twins("thrtw" + secrets.token_hex(2), masq=args.masq_twin)
+    twins = Twins("thrtw" + secrets.token_hex(2))
     runner = Runner(Servers(), args.seconds)
     labs: list[str] = []
     results = Results()
@@ -641,8 +659,9 @@ def main() -> int:
         log(f"building the twins ({twins.prefix}-*)")
         twins.build(backends)
         baseline_phase(twins, runner, results, args.repeats)
-        for backend in backends:
-            lab_phase(backend, twins, runner, results, args.repeats, labs)
+        for masq in MASQ_MODES[args.ip_masq]:
+            for backend in backends:
+                lab_phase(backend, masq, twins, runner, results, args.repeats, labs)
     except (BenchError, cluster.LabError) as err:
         log(f"bench failed: {err}")
         code = 1

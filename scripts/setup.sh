@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   iproute2 iputils-ping nftables libnftables1 iptables iperf3 socat
-  containernetworking-plugins procps python3 python3-venv etcd-server openssl
+  containernetworking-plugins procps python3 python3-venv etcd-server openssl tcpdump
 )
 
 missing=()

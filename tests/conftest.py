@@ -159,11 +159,12 @@ def cli():
 @contextlib.contextmanager
 def lab_factory() -> Iterator:
     """make(nodes=1, via_cli=False, **plan_kwargs) -> Lab; every lab made is torn down, however
-    the tests using it end. With via_cli the lab is built by `gingham lab up`, as a user would."""
+    the tests using it end. With via_cli the lab is built by `gingham lab up [*cli_args]`, as a
+    user would."""
     made: list[str] = []
 
-    def make(nodes: int = 1, *, via_cli: bool = False, topology: Path | None = None,
-             **kwargs) -> Lab:
+    def make(nodes: int = 1, *, via_cli: bool = False, cli_args: tuple[str, ...] = (),
+             topology: Path | None = None, **kwargs) -> Lab:
         if topology is not None:
             plan = LabPlan.from_topology(unique_lab_name(),
                                          parse_topology(yaml.safe_load(topology.read_text())),
@@ -173,8 +174,9 @@ def lab_factory() -> Iterator:
         made.append(plan.name)
         if via_cli:
             assert not kwargs, "via_cli builds the default plan"
-            proc = gingham("lab", "up", "--name", plan.name, "--nodes", str(nodes))
+            proc = gingham("lab", "up", "--name", plan.name, "--nodes", str(nodes), *cli_args)
             assert proc.returncode == 0, proc.stderr
+            plan = cluster.plan_of(LabFiles(plan.name).load())
         else:
             cluster.up(plan)
         return Lab(plan, LabFiles(plan.name))

@@ -85,3 +85,33 @@ def test_masquerade_table_is_in_the_node(nat_lab, node):
     # Cluster and node destinations are let through before anything is masqueraded.
     assert verdicts == ["return", "return", "masquerade"]
 
+
+
+def test_without_ip_masq_pods_leave_with_their_own_address_and_nothing_is_tracked(make_lab):
+    """`lab up --no-ip-masq` (flanneld without --ip-masq): no nat chain in any node, so
+    conntrack tracks nothing there, and the external host sees the pod's own address."""
+    lab = make_lab(2, via_cli=True, cli_args=("--no-ip-masq",))
+    assert not lab.plan.ip_masq
+    pod = lab.add_pod("node2", "default/out")
+    far = lab.add_pod("node1", "default/far")
+    # the external host routes the pod CIDR to node2 only for this test's reply path
+    lab.run("external", "ip", "route", "add", "10.244.2.0/24", "via", NODE2)
+    assert lab.tcp_peer("external", "default/out", EXTERNAL) == pod.ip
+    assert lab.tcp_peer("default/far", "default/out", far.ip, timeout=1) == pod.ip
+    for node in ("node1", "node2"):
+        assert lab.run(node, "nft", "list", "table", "ip", "gingham", check=False).returncode != 0
+        assert "FLANNEL_IPMASQ=false" in lab.run(
+            node, "cat", str(lab.files.node_dir(node) / "run" / "subnet.env")).stdout
+        assert _tracked(lab, node) == 0
+
+
+def _tracked(lab, node: str) -> int:
+    """Connections conntrack holds in the node's namespace (the sysctl is per namespace)."""
+    return int(lab.run(node, "cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout)
+
+
+def test_masquerading_nodes_track_pod_flows(nat_lab):
+    """The other side of the coin: with ip-masq, conntrack holds the pod's flows."""
+    lab, ips = nat_lab
+    lab.tcp_peer("default/c", "default/a", ips["default/c"], timeout=1)
+    assert _tracked(lab, "node1") > 0 and _tracked(lab, "node2") > 0

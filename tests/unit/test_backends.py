@@ -1,4 +1,4 @@
-"""host-gw planning and the route diff: pure, no kernel."""
+"""Backend planning and the route diff: pure, no kernel."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import ipaddress
 
 import pytest
 
+from gingham.backends import ipip
 from gingham.backends.hostgw import HostGwBackend
-from gingham.backends.registry import check_options
+from gingham.backends.ipip import KernelIpipBackend, UserspaceIpipBackend
+from gingham.backends.registry import check_options, make_backend
 from gingham.backends.vxlan import BackendConfigError, VxlanBackend, VxlanOptions
 from gingham.dataplane.routes import RouteIntent, diff_routes
 from gingham.dataplane.uplink import Uplink
@@ -131,3 +133,22 @@ def test_vxlan_lease_data_mtu_and_stable_mac():
 def test_bad_vxlan_options_are_refused(options):
     with pytest.raises(BackendConfigError):
         check_options(BackendConfig("vxlan", options))
+
+
+def test_kernel_ipip_routes_via_the_node_address_onlink_even_behind_a_router():
+    backend = KernelIpipBackend(UPLINK)
+    backend.index = 7  # tunl0's, as setup() finds it
+    own = lease("10.244.1.0/24", "192.168.50.11", "ipip")
+    far = lease("10.244.3.0/24", "192.168.60.13", "ipip")
+    plan = backend.plan(own, [own, far, lease("10.244.4.0/24", "192.168.50.14")])
+    assert plan.routes == {RouteIntent(N("10.244.3.0/24"), A("192.168.60.13"), 7, onlink=True)}
+    assert ["uses backend host-gw" in p for p in plan.problems] == [True]
+    assert backend.mtu(UPLINK) == 1480
+
+
+@pytest.mark.parametrize("has_ipip, kind", [(True, KernelIpipBackend),
+                                             (False, UserspaceIpipBackend)])
+def test_ipip_takes_the_kernel_path_only_where_the_kernel_has_ipip(monkeypatch, has_ipip, kind):
+    monkeypatch.setattr(ipip, "kernel_has_ipip", lambda: has_ipip)
+    backend = make_backend(BackendConfig("ipip", {}), UPLINK, "node1")
+    assert type(backend) is kind and backend.mtu(UPLINK) == 1480

@@ -11,9 +11,10 @@ from typing import Protocol
 
 from pyroute2 import IPRoute
 
+from gingham.dataplane import tunl0
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
-from gingham.dataplane.vxlan import FdbIntent, NeighIntent
+from gingham.dataplane.vxlan import FdbIntent, NeighIntent, remove_vteps
 from gingham.subnet.lease import Lease
 
 
@@ -57,3 +58,12 @@ def program_routes(ipr: IPRoute, routes: set[RouteIntent]) -> list[str]:
     holds is left alone and returned as a problem."""
     diff = apply_routes(ipr, routes)
     return [f"route to {dst} exists and is not Gingham's; left alone" for dst in diff.blocked]
+
+
+def clear_earlier_tunnels(ipr: IPRoute, keep_vtep: str | None = None) -> None:
+    """No tunnel of an earlier backend may linger, even one switched away from while the
+    agent was down (the seeds' manual `ip link delete flannel.1`, done here): Gingham's
+    VTEPs but `keep_vtep`, and its address on tunl0. A userspace tunnel's TUN device
+    needs nothing: it goes when the agent that held it does."""
+    remove_vteps(ipr, keep=keep_vtep)
+    tunl0.release(ipr)

@@ -7,11 +7,10 @@ cannot resolve it. Such leases are refused with the reason, never half-routed.
 
 from __future__ import annotations
 
-from gingham.backends.base import BackendPlan, program_routes
+from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
-from gingham.dataplane.vxlan import remove_vteps
 from gingham.subnet.lease import Lease
 
 TYPE = "host-gw"
@@ -57,10 +56,9 @@ class HostGwBackend:
         return {}
 
     def setup(self, own: Lease) -> None:
-        """Nothing of its own, but no tunnel of an earlier backend may linger (the seeds'
-        manual `ip link delete flannel.1` after a switch, done here)."""
+        """Nothing of its own, but no tunnel of an earlier backend may linger."""
         with netns.iproute() as ipr:
-            remove_vteps(ipr)
+            clear_earlier_tunnels(ipr)
 
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
         plan = BackendPlan()

@@ -1,30 +1,27 @@
 """ipip: pod packets inside an outer IPv4 header (IP protocol 4), 20 bytes of overhead.
 
-The kernel's IPIP device is used where the kernel has one; where it has none (these
-machines), the agent carries the packets itself through the TUN device `flannel.ipip`
-and a raw protocol-4 socket — on the wire the same genuine IPIP, so either kind of node
-talks to the other.
+Where the kernel has IPIP, its fallback device tunl0 carries them (as Calico uses it):
+`<subnet> via <node address> dev tunl0 onlink`. Where it has none (these machines), the
+agent carries the packets itself through the TUN device `flannel.ipip` and a raw
+protocol-4 socket: on the wire the same genuine IPIP, so either kind of node talks to the
+other (tunl0 decapsulates IPIP from any sender).
 """
 
 from __future__ import annotations
-
-import errno
-
-from pyroute2.netlink.exceptions import NetlinkError
 
 from gingham.backends.base import BackendPlan, program_routes
 from gingham.backends.hostgw import others_of_type
 from gingham.backends.userspace import IpipTransport, Transport, UserspaceBackend
 from gingham.backends.vxlan import BackendConfigError
-from gingham.dataplane import netns
-from gingham.dataplane.bridge import link_index
+from gingham.dataplane import netns, tunl0
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import remove_vteps
 from gingham.model.network import BackendConfig
 from gingham.subnet.lease import Lease
 
 TYPE = "ipip"
-DEVICE = "flannel.ipip"
+DEVICE = "flannel.ipip"  # the userspace path's TUN device
 OVERHEAD = 20
 
 
@@ -34,16 +31,8 @@ def check_options(config: BackendConfig) -> None:
 
 
 def kernel_has_ipip() -> bool:
-    """Probe by making (and removing) an IPIP device in this namespace."""
     with netns.iproute() as ipr:
-        try:
-            ipr.link("add", ifname="gingham.probe", kind="ipip")
-        except NetlinkError as err:
-            if err.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT):
-                return False
-            raise
-        ipr.link("del", index=link_index(ipr, "gingham.probe"))
-        return True
+        return tunl0.kernel_has_ipip(ipr)
 
 
 class UserspaceIpipBackend(UserspaceBackend):
@@ -56,7 +45,8 @@ class UserspaceIpipBackend(UserspaceBackend):
 
 
 class KernelIpipBackend:
-    """`<subnet> via <node address> dev flannel.ipip onlink`: the kernel encapsulates."""
+    """The kernel encapsulates: tunl0 holds `<own subnet>.0/32`, and a route per remote
+    subnet goes via that node's address, onlink through tunl0."""
 
     type = TYPE
 
@@ -72,20 +62,15 @@ class KernelIpipBackend:
 
     def setup(self, own: Lease) -> None:
         with netns.iproute() as ipr:
-            index = link_index(ipr, DEVICE)
-            if index is None:
-                ipr.link("add", ifname=DEVICE, kind="ipip", ipip_local=str(own.attrs.public_ip),
-                         ipip_link=self.uplink.index)
-                index = link_index(ipr, DEVICE)
-            ipr.link("set", index=index, mtu=self.mtu(self.uplink), state="up")
-            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
-            if str(own.subnet.network_address) not in have:
-                ipr.addr("add", index=index, address=str(own.subnet.network_address),
-                         prefixlen=32)
-        self.index = index
+            remove_vteps(ipr)
+            try:
+                self.index = tunl0.claim(ipr, own.subnet.network_address,
+                                         self.mtu(self.uplink))
+            except LookupError as err:
+                raise BackendConfigError(f"ipip: {err}") from None
 
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
-        assert self.index is not None
+        assert self.index is not None, "setup() first"
         plan = BackendPlan()
         for lease in others_of_type(TYPE, own, leases, plan):
             plan.routes.add(RouteIntent(lease.subnet, lease.attrs.public_ip, self.index,
@@ -99,5 +84,4 @@ class KernelIpipBackend:
     def teardown(self) -> None:
         with netns.iproute() as ipr:
             apply_routes(ipr, set())
-            if (index := link_index(ipr, DEVICE)) is not None:
-                ipr.link("del", index=index)
+            tunl0.release(ipr)

@@ -18,14 +18,13 @@ import socket
 import threading
 from typing import Protocol
 
-from gingham.backends.base import BackendPlan, program_routes
+from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
 from gingham.backends.hostgw import others_of_type
 from gingham.dataplane import netns
 from gingham.dataplane.bridge import link_index
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.tun import open_tun
 from gingham.dataplane.uplink import Uplink
-from gingham.dataplane.vxlan import remove_vteps
 from gingham.subnet.lease import Lease
 
 log = logging.getLogger("gingham.backends.userspace")
@@ -148,7 +147,7 @@ class UserspaceBackend:
 
     def setup(self, own: Lease) -> None:
         with netns.iproute() as ipr:
-            remove_vteps(ipr)
+            clear_earlier_tunnels(ipr)
         if self.engine is not None:
             return
         transport = self.transport()  # first: a port in use fails before any device exists

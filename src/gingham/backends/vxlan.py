@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gingham.backends.base import BackendPlan, program_routes
+from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
 from gingham.backends.hostgw import direct_route, others_of_type
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
@@ -93,7 +93,7 @@ class VxlanBackend:
                         self.uplink.address.ip, self.uplink.index, self.mac,
                         self.mtu(self.uplink), own.subnet.network_address)
         with netns.iproute() as ipr:
-            remove_vteps(ipr, keep=self.device)  # another VNI's, from an earlier config
+            clear_earlier_tunnels(ipr, keep_vtep=self.device)  # e.g. another VNI's VTEP
             self.index = ensure_vtep(ipr, spec)
 
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:

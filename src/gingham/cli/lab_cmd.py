@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
@@ -135,9 +136,11 @@ def lab() -> None:
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
               callback=lambda c, p, v: dict(map(_backend_option, v)),
               help="Backend key of net-conf.json, e.g. DirectRouting=true or VNI=4.")
+@click.option("--ip-masq/--no-ip-masq", default=True, show_default=True,
+              help="Agents masquerade pod traffic that leaves the cluster.")
 def up(lab: str, nodes: int | None, topology_file: str | None,
        pod_cidr: ipaddress.IPv4Network, datastore: str, backend: str,
-       backend_options: dict) -> None:
+       backend_options: dict, ip_masq: bool) -> None:
     """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
@@ -151,6 +154,7 @@ def up(lab: str, nodes: int | None, topology_file: str | None,
         plan = LabPlan.from_topology(lab, _topology(topology_file), pod_cidr,
                                      datastore=datastore, backend=backend,
                                      backend_options=backend_options)
+    plan = dataclasses.replace(plan, ip_masq=ip_masq)
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
     for router in plan.routers:
@@ -201,11 +205,13 @@ def status(lab: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
                                "datastore": plan.datastore, "backend": plan.backend,
+                               "ipMasq": plan.ip_masq,
                                "nodes": nodes, "external": str(plan.external.address.ip)},
                               indent=2))
         return
     click.echo(f"lab {lab}: pod CIDR {plan.pod_cidr}, backend {plan.backend}, datastore "
-               f"{plan.datastore}, underlay {plan.underlay}, external {plan.external.address.ip}")
+               f"{plan.datastore}, ip-masq {'on' if plan.ip_masq else 'off'}, "
+               f"underlay {plan.underlay}, external {plan.external.address.ip}")
     click.echo(format_table([("NODE", "ADDRESS", "POD SUBNET", "DATASTORE", "AGENT", "PID",
                               "PODS")] + [
         (n["name"], n["address"], n["podSubnet"], n["datastore"], n["agent"],

@@ -43,8 +43,12 @@ def render_masquerade_table(
     node_addresses: Iterable[ipaddress.IPv4Address],
     enabled: bool = True,
 ) -> list[dict]:
-    """The whole table as one transaction that replaces any earlier version atomically."""
+    """The whole table as one transaction that replaces any earlier version atomically.
+    Disabled, there is no table at all: a nat chain, even one that only returns, makes
+    conntrack track every packet the node forwards."""
     table = {"family": FAMILY, "name": TABLE}
+    if not enabled:
+        return [{"add": {"table": table}}, {"delete": {"table": table}}]
     chain = {"family": FAMILY, "table": TABLE, "name": CHAIN, "type": "nat",
              "hook": "postrouting", "prio": 100, "policy": "accept"}
 
@@ -52,7 +56,9 @@ def render_masquerade_table(
         return {"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": CHAIN,
                                  "expr": list(expr)}}}
 
-    cmds: list[dict] = [
+    multicast = {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                           "right": _prefix(ipaddress.IPv4Network("224.0.0.0/4"))}}
+    return [
         {"add": {"table": table}},
         {"delete": {"table": table}},
         {"add": {"table": table}},
@@ -61,18 +67,10 @@ def render_masquerade_table(
         {"add": {"chain": chain}},
         rule(_match("saddr", "cluster"), _match("daddr", "cluster"), {"return": None}),
         rule(_match("saddr", "cluster"), _match("daddr", "nodes"), {"return": None}),
+        rule(_match("saddr", "cluster"), multicast, {"masquerade": None}),
     ]
-    if enabled:
-        multicast = {"match": {"op": "!=", "left": {"payload": {"protocol": "ip",
-                     "field": "daddr"}}, "right": _prefix(ipaddress.IPv4Network("224.0.0.0/4"))}}
-        cmds.append(rule(_match("saddr", "cluster"), multicast, {"masquerade": None}))
-    return cmds
 
 
 def apply(cluster_cidrs, node_addresses, enabled: bool = True) -> None:
     nft.run(render_masquerade_table(cluster_cidrs, node_addresses, enabled))
 
-
-def remove() -> None:
-    if nft.list_table(FAMILY, TABLE) is not None:
-        nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])

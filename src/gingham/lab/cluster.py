@@ -62,6 +62,7 @@ def plan_of(record: LabRecord) -> LabPlan:
         datastore=p["datastore"],
         backend=p["backend"],
         backend_options=p["backend_options"],
+        ip_masq=p.get("ip_masq", True),  # labs recorded before the option masqueraded
         segments=tuple(SegmentPlan(s["name"], ipaddress.IPv4Network(s["cidr"]))
                        for s in p["segments"]),
         routers=tuple(RouterPlan(r["name"], tuple((seg, ipaddress.IPv4Interface(addr))
@@ -84,6 +85,7 @@ def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
         "--node-name", node.name,
         *control.agent_store_args(record),
         "--prefer-subnet", str(node.pod_subnet),
+        "--ip-masq" if record.plan.get("ip_masq", True) else "--no-ip-masq",
         "--iface", "eth0",
         "--socket", str(files.agent_socket(node.name)),
         "--state-dir", str(node_dir / "state"),

@@ -82,6 +82,7 @@ class LabPlan:
     datastore: str = DEFAULT_DATASTORE
     backend: str = DEFAULT_BACKEND
     backend_options: dict = field(default_factory=dict, hash=False)  # e.g. DirectRouting
+    ip_masq: bool = True  # agents masquerade pod traffic leaving the cluster (flanneld --ip-masq)
     segments: tuple[SegmentPlan, ...] = ()
     routers: tuple[RouterPlan, ...] = ()
 
