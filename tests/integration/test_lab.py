@@ -137,14 +137,14 @@ def test_status_table_and_json(built):
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0] == (f"lab {lab.name}: pod CIDR 10.244.0.0/16, backend host-gw, datastore "
-                        f"embedded, underlay 192.168.50.0/24, external {EXTERNAL}")
+                        f"embedded, ip-masq on, underlay 192.168.50.0/24, external {EXTERNAL}")
     assert lines[1].split() == ["NODE", "ADDRESS", "POD", "SUBNET", "DATASTORE", "AGENT", "PID",
                                 "PODS"]
     assert lines[2].split() == ["node1", NODE1, "10.244.1.0/24", "ok", "running", str(pid), "3"]
     status = json.loads(lab.gingham("status", "--json").stdout)
     assert status == {
         "name": lab.name, "podCidr": "10.244.0.0/16", "external": EXTERNAL,
-        "datastore": "embedded", "backend": "host-gw",
+        "datastore": "embedded", "backend": "host-gw", "ipMasq": True,
         "nodes": [{"name": "node1", "address": NODE1, "podSubnet": "10.244.1.0/24",
                    "datastore": "ok", "agentPid": pid, "agent": "running", "pods": 3,
                    "problems": []}],
