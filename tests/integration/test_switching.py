@@ -5,6 +5,7 @@ by hand after a Flannel switch, done by the agents."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -107,3 +108,61 @@ def test_a_config_no_agent_can_run_keeps_the_old_backend(switching_lab):
     assert any("cannot switch" in p for p in cluster.node_status(lab.files, "node1")["problems"])
     assert converged(lab, "flannel.1")
     assert lab.pings("default/s1", lab.files.load().pods["default/s2"].ip)
+
+
+def start_agent_without_tun(lab, node: str) -> int:
+    """(Re)start the node's agent in a mount namespace of its own where /dev/net is an
+    empty tmpfs: a node whose kernel cannot make TUN devices. The mount namespace ends
+    with the agent."""
+    with lab.files.locked():
+        record = lab.files.load()
+        argv = cluster.agent_argv(lab.files, record, lab.plan.node(node))
+        lab.files.agent_socket(node).unlink(missing_ok=True)
+        with open(lab.files.agent_log(node), "ab") as log:
+            pid = procs.popen_in(lab.netns(node), [
+                "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs none /dev/net && exec "$@"', "sh", *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True).pid
+        record.agents[node] = pid
+        lab.files.save(record)
+    cluster.wait_for_agent(lab.files, node, pid)
+    return pid
+
+
+def wait_problem(lab, node: str, needle: str, timeout: float = 8) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(needle in p for p in (cluster.node_status(lab.files, node) or {})
+                  .get("problems", [])):
+        assert time.monotonic() < deadline, cluster.node_status(lab.files, node)
+        time.sleep(0.1)
+
+
+def test_a_node_without_tun_refuses_udp_clearly_and_its_pods_keep_working(make_lab, cli,
+                                                                          tmp_path):
+    lab = make_lab(2, backend="host-gw")
+    a, b = lab.add_pod("node1", "default/a"), lab.add_pod("node1", "default/b")
+    with lab.files.locked():
+        procs.stop_pids([lab.files.load().agents["node1"]])
+    start_agent_without_tun(lab, "node1")
+    set_backend(lab, cli, tmp_path, {"Type": "udp"})
+    # The switch is refused before the working backend is touched: node1 stays host-gw
+    # (node2, now udp, is a peer it cannot route to, as its status also says).
+    wait_problem(lab, "node1", "no TUN device (/dev/net/tun")
+    with control.lab_registry(lab.files.load()) as registry:
+        assert {x.attrs.node_name: x.attrs.backend_type
+                for x in registry.leases().leases} == {"node1": "host-gw", "node2": "udp"}
+    assert "flannel0" not in lab.run("node1", "ip", "link", "show").stdout
+    assert lab.pings("default/a", b.ip) and lab.pings("default/b", a.ip)
+    assert lab.pings("default/a", "192.168.50.254")  # out through the node, as before
+    # Started on that config, the agent says why it cannot join, and tears nothing down.
+    with lab.files.locked():
+        procs.stop_pids([lab.files.load().agents["node1"]])
+    log_at = lab.files.agent_log("node1").stat().st_size
+    start_agent_without_tun(lab, "node1")
+    deadline = time.monotonic() + 8
+    while "no TUN device" not in (cluster.node_status(lab.files, "node1") or {}).get(
+            "datastore", ""):
+        assert time.monotonic() < deadline, cluster.node_status(lab.files, "node1")
+        time.sleep(0.1)
+    assert "no TUN device" in lab.files.agent_log("node1").read_text()[log_at:]
+    assert lab.pings("default/a", b.ip) and lab.pings("default/a", "192.168.50.254")

@@ -12,7 +12,7 @@ import time
 from gingham.agent.config import AgentConfig
 from gingham.agent.status import StatusFile
 from gingham.backends.base import Backend
-from gingham.backends.registry import make_backend
+from gingham.backends.registry import BackendUnavailable, make_backend
 from gingham.dataplane.uplink import Uplink
 from gingham.model.network import NetworkConfig
 from gingham.store.contract import Store, StoreError, StoreUnavailable
@@ -175,9 +175,11 @@ class Membership:
         old.teardown()
         try:
             backend.setup(self.own())
-        except Exception:
+        except Exception as err:
             old.setup(self.own())  # back to what worked
-            raise
+            # Not retried until the config changes: each retry would tear the working
+            # backend down again, and pods would lose their routes every time.
+            raise BackendUnavailable(str(err)) from err
         self.backend = backend
         self.manager.config = network
         self.lease = self.manager.acquire(self.attrs(network, backend),

@@ -6,6 +6,7 @@ from gingham.backends import ipip, udp
 from gingham.backends.base import Backend
 from gingham.backends.hostgw import HostGwBackend
 from gingham.backends.vxlan import VxlanBackend, VxlanOptions
+from gingham.dataplane.tun import TunError, check_tun
 from gingham.dataplane.uplink import Uplink
 from gingham.model.network import BackendConfig
 
@@ -33,11 +34,20 @@ def make_backend(config: BackendConfig, uplink: Uplink, node_name: str,
     if config.type == VxlanBackend.type:
         return VxlanBackend(VxlanOptions.parse(config), uplink, node_name)
     if config.type == udp.TYPE:
+        _need_tun()
         return udp.UdpBackend(config, uplink, subnet_len)
     if config.type == ipip.TYPE:
         ipip.check_options(config)
         if ipip.kernel_has_ipip():
             return ipip.KernelIpipBackend(uplink)
+        _need_tun()
         return ipip.UserspaceIpipBackend(uplink, subnet_len)
     raise BackendUnavailable(f"backend {config.type!r} is not implemented yet "
                              f"(available: {', '.join(AVAILABLE)})")
+
+
+def _need_tun() -> None:
+    try:
+        check_tun()
+    except TunError as err:
+        raise BackendUnavailable(str(err)) from None

@@ -17,13 +17,23 @@ class TunError(RuntimeError):
     pass
 
 
-def open_tun(name: str) -> int:
-    """Create TUN device `name` in this thread's namespace; returns its fd."""
+def _open_clone_device() -> int:
     try:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        return os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     except OSError as err:
         raise TunError(f"no TUN device (/dev/net/tun: {err.strerror}); the kernel needs "
                        "CONFIG_TUN for the udp and userspace ipip backends") from err
+
+
+def check_tun() -> None:
+    """Raise TunError unless TUN devices can be made here (before anything is torn down
+    for a backend that needs one)."""
+    os.close(_open_clone_device())
+
+
+def open_tun(name: str) -> int:
+    """Create TUN device `name` in this thread's namespace; returns its fd."""
+    fd = _open_clone_device()
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
     except OSError as err:
