@@ -11,7 +11,7 @@ from typing import Protocol
 
 from pyroute2 import IPRoute
 
-from gingham.dataplane import tunl0
+from gingham.dataplane import netns, tunl0
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import FdbIntent, NeighIntent, remove_vteps
@@ -67,3 +67,15 @@ def clear_earlier_tunnels(ipr: IPRoute, keep_vtep: str | None = None) -> None:
     needs nothing: it goes when the agent that held it does."""
     remove_vteps(ipr, keep=keep_vtep)
     tunl0.release(ipr)
+
+
+class RoutesOnlyBackend:
+    """A backend whose whole dataplane, once set up, is its `proto 71` routes."""
+
+    def apply(self, plan: BackendPlan) -> list[str]:
+        with netns.iproute() as ipr:
+            return program_routes(ipr, plan.routes)
+
+    def teardown(self) -> None:
+        with netns.iproute() as ipr:
+            apply_routes(ipr, set())

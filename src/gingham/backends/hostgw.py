@@ -7,9 +7,9 @@ cannot resolve it. Such leases are refused with the reason, never half-routed.
 
 from __future__ import annotations
 
-from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
+from gingham.backends.base import BackendPlan, RoutesOnlyBackend, clear_earlier_tunnels
 from gingham.dataplane import netns
-from gingham.dataplane.routes import RouteIntent, apply_routes
+from gingham.dataplane.routes import RouteIntent
 from gingham.dataplane.uplink import Uplink
 from gingham.subnet.lease import Lease
 
@@ -43,7 +43,7 @@ def not_on_segment(lease: Lease, uplink: Uplink) -> str:
             f"L2 segment, use vxlan across routers")
 
 
-class HostGwBackend:
+class HostGwBackend(RoutesOnlyBackend):
     type = TYPE
 
     def __init__(self, uplink: Uplink) -> None:
@@ -68,11 +68,3 @@ class HostGwBackend:
             else:
                 plan.routes.add(direct_route(lease, self.uplink))
         return plan
-
-    def apply(self, plan: BackendPlan) -> list[str]:
-        with netns.iproute() as ipr:
-            return program_routes(ipr, plan.routes)
-
-    def teardown(self) -> None:
-        with netns.iproute() as ipr:
-            apply_routes(ipr, set())

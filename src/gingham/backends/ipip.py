@@ -9,12 +9,12 @@ other (tunl0 decapsulates IPIP from any sender).
 
 from __future__ import annotations
 
-from gingham.backends.base import BackendPlan, program_routes
+from gingham.backends.base import BackendPlan, RoutesOnlyBackend
 from gingham.backends.hostgw import others_of_type
 from gingham.backends.userspace import IpipTransport, Transport, UserspaceBackend
 from gingham.backends.vxlan import BackendConfigError
 from gingham.dataplane import netns, tunl0
-from gingham.dataplane.routes import RouteIntent, apply_routes
+from gingham.dataplane.routes import RouteIntent
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import remove_vteps
 from gingham.model.network import BackendConfig
@@ -44,7 +44,7 @@ class UserspaceIpipBackend(UserspaceBackend):
         return IpipTransport()
 
 
-class KernelIpipBackend:
+class KernelIpipBackend(RoutesOnlyBackend):
     """The kernel encapsulates: tunl0 holds `<own subnet>.0/32`, and a route per remote
     subnet goes via that node's address, onlink through tunl0."""
 
@@ -77,11 +77,7 @@ class KernelIpipBackend:
                                         onlink=True))
         return plan
 
-    def apply(self, plan: BackendPlan) -> list[str]:
-        with netns.iproute() as ipr:
-            return program_routes(ipr, plan.routes)
-
     def teardown(self) -> None:
+        super().teardown()
         with netns.iproute() as ipr:
-            apply_routes(ipr, set())
             tunl0.release(ipr)
