@@ -16,7 +16,6 @@ import json
 import math
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchkit import BenchError, bench_lab, sigterm_as_interrupt
 from gingham.agent.config import CONFLIST_NAME
 from gingham.dataplane import netns
 from gingham.lab import cluster, procs
@@ -38,10 +38,6 @@ WARMUP = 3  # per plugin, untimed: the first ADD of the reference creates its br
 BATCH = 200
 REF_BRIDGE = "cni1"
 REF_SUBNET = "10.99.0.0/16"
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -169,11 +165,6 @@ def report(plugins: list[Plugin], pods: int, seconds: float) -> None:
         print(f"median {command} ratio gingham/reference: {ratio:.2f}")
 
 
-def _terminate(signum, frame):
-    # SIGTERM takes the same path as Ctrl-C, so the finally below tears everything down.
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=100, help="pods per plugin (default 100)")
@@ -188,24 +179,18 @@ def main() -> int:
         if not (REFERENCE_DIR / binary).exists():
             parser.error(f"reference plugin {REFERENCE_DIR / binary} is missing "
                          "(apt-get install containernetworking-plugins)")
-    signal.signal(signal.SIGTERM, _terminate)
+    sigterm_as_interrupt()
     started = time.monotonic()
-    files = LabFiles(args.lab)
     print(f"lab {args.lab}: starting", file=sys.stderr)
-    ours = True  # whatever exists under the lab's name is torn down, unless it predates us
     try:
-        try:
-            cluster.up(LabPlan.single_segment(args.lab, 1), files)
-        except cluster.LabExists as err:
-            ours = False
-            raise BenchError(str(err)) from None
-        plugins = [gingham_plugin(files), reference_plugin(files)]
-        run_batch(args.lab, plugins, 0, WARMUP, timed=False)
-        done = 0
-        while done < args.pods:
-            count = min(BATCH, args.pods - done)
-            run_batch(args.lab, plugins, WARMUP + done, count, timed=True)
-            done += count
+        with bench_lab(LabPlan.single_segment(args.lab, 1)) as (files, _):
+            plugins = [gingham_plugin(files), reference_plugin(files)]
+            run_batch(args.lab, plugins, 0, WARMUP, timed=False)
+            done = 0
+            while done < args.pods:
+                count = min(BATCH, args.pods - done)
+                run_batch(args.lab, plugins, WARMUP + done, count, timed=True)
+                done += count
         report(plugins, args.pods, time.monotonic() - started)
         return 0
     except (BenchError, cluster.LabError) as err:
@@ -214,15 +199,6 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        # A second Ctrl-C must not cut the teardown short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if ours:
-            try:
-                cluster.down(args.lab, files)
-            except Exception as err:  # report, but still exit; `gingham lab down` can retry
-                print(f"teardown of lab {args.lab} failed: {err}", file=sys.stderr)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,16 +21,15 @@ import ipaddress
 import os
 import secrets
 import selectors
-import signal
 import socket
 import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchkit import BenchError, bench_lab, log, sigterm_as_interrupt
 from gingham.dataplane import netns
 from gingham.dataplane.routes import GINGHAM_PROTO, MAIN_TABLE
 from gingham.lab import cluster, control, procs
@@ -54,10 +53,6 @@ FAKE_COUNT = 50
 MESH_TIMEOUT = 120.0
 SAMPLE_TIMEOUT = 20.0
 CPU_TICK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # -- watching every node's routing table --------------------------------------------------
@@ -280,39 +275,12 @@ def sample(registry: SubnetRegistry, monitor: RouteMonitor, i: int, pids: list[i
     time.sleep(settle)
 
 
-@contextlib.contextmanager
-def lab_of(name: str, nodes: int, datastore: str) -> Iterator[tuple[LabFiles, float]]:
-    """A running lab and how long `up` took; torn down whatever happens (Ctrl-C too)."""
-    files = LabFiles(name)
-    ours = True
-    try:
-        started = time.monotonic()
-        try:
-            cluster.up(LabPlan.single_segment(name, nodes, datastore=datastore,
-                                              backend="host-gw"), files)
-        except cluster.LabExists as err:
-            ours = False  # someone else's: never tear it down
-            raise BenchError(str(err)) from None
-        yield files, time.monotonic() - started
-    finally:
-        if ours:
-            # A second Ctrl-C must not cut the teardown short.
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                cluster.down(name, files)
-            except Exception as err:  # report; `gingham lab down --name` can retry
-                print(f"teardown of lab {name} failed: {err}", file=sys.stderr)
-            finally:
-                signal.signal(signal.SIGINT, old_int)
-                signal.signal(signal.SIGTERM, old_term)
-
-
 def run_config(datastore: str, nodes: int, samples: int, settle: float) -> Result:
     result = Result(datastore, nodes)
     name = "conv" + secrets.token_hex(3)
     log(f"{datastore}/{nodes}: building lab {name}")
-    with lab_of(name, nodes, datastore) as (files, build_s):
+    with bench_lab(LabPlan.single_segment(name, nodes, datastore=datastore,
+                                          backend="host-gw")) as (files, build_s):
         result.build_s = build_s
         node_names = [f"node{k}" for k in range(1, nodes + 1)]
         started = time.monotonic()
@@ -391,15 +359,6 @@ def report(results: list[Result], samples: int, seconds: float) -> bool:
     return verdict
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _terminate(signum, frame):
-    # SIGTERM takes the same path as Ctrl-C, so every lab's finally tears it down.
-    raise KeyboardInterrupt
-
-
 def csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -425,7 +384,7 @@ def main() -> int:
         parser.error("--datastores takes embedded and/or etcd")
     if os.geteuid() != 0:
         parser.error("needs root: it builds network namespaces")
-    signal.signal(signal.SIGTERM, _terminate)
+    sigterm_as_interrupt()
     started = time.monotonic()
     results: list[Result] = []
     met = False

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from benchkit import BenchError, LabTaken, bench_lab, log, shielded, sigterm_as_interrupt
 from gingham.lab import cluster, procs
 from gingham.lab.plan import LabPlan
 from gingham.lab.state import LabFiles
@@ -80,14 +80,6 @@ MASQ_RULES = """table ip twin {
   }
 }
 """
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- iproute2 inside namespaces -----------------------------------------------------------
@@ -467,42 +459,22 @@ def baseline_phase(twins: Twins, runner: Runner, results: Results, repeats: int)
 
 
 @contextlib.contextmanager
-def shielded() -> Iterator[None]:
-    """Ignore Ctrl-C and SIGTERM for a teardown: a second one must not cut it short."""
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-
-
-@contextlib.contextmanager
 def lab_of(name: str, backend: str, masq: bool, servers: Servers,
            made: list[str]) -> Iterator[LabFiles]:
-    """A running two-node lab; torn down whatever happens (Ctrl-C too), our iperf3 servers
-    in it stopped first."""
-    files = LabFiles(name)
-    ours = True
+    """A running two-node lab, recorded in `made` for the final check of leftovers; torn
+    down whatever happens, our iperf3 servers in it stopped first."""
+    plan = dataclasses.replace(LabPlan.single_segment(name, 2, backend=backend), ip_masq=masq)
+    made.append(name)
     try:
-        try:
-            made.append(name)
-            plan = LabPlan.single_segment(name, 2, backend=backend)
-            cluster.up(dataclasses.replace(plan, ip_masq=masq), files)
-        except cluster.LabExists as err:
-            ours = False  # someone else's: never tear it down
-            made.remove(name)
-            raise BenchError(str(err)) from None
-        yield files
-    finally:
-        if ours:
-            with shielded():
-                servers.stop(f"{name}-")
-                try:
-                    cluster.down(name, files)
-                except Exception as err:  # report; `gingham lab down --name` can retry
-                    log(f"teardown of lab {name} failed: {err}")
+        with bench_lab(plan) as (files, _):
+            try:
+                yield files
+            finally:
+                with shielded():
+                    servers.stop(f"{name}-")
+    except LabTaken:
+        made.remove(name)
+        raise
 
 
 def lab_phase(backend: str, masq: bool, twins: Twins, runner: Runner, results: Results,
@@ -624,11 +596,6 @@ def report(results: Results, repeats: int, seconds: int, elapsed: float,
     return not missed
 
 
-def _terminate(signum, frame):
-    # SIGTERM takes the same path as Ctrl-C, so every finally below tears down.
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5,
@@ -648,7 +615,7 @@ def main() -> int:
         parser.error("--repeats and --seconds must be at least 1")
     if os.geteuid() != 0:
         parser.error("needs root: it builds network namespaces")
-    signal.signal(signal.SIGTERM, _terminate)
+    sigterm_as_interrupt()
     started = time.monotonic()
     twins = Twins("thrtw" + secrets.token_hex(2))
     runner = Runner(Servers(), args.seconds)
