@@ -2,86 +2,16 @@
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from gingham.lab import etcd as etcd_proc
 from gingham.store.contract import DELETE, PUT, Compacted, Event, LeaseNotFound, StoreUnavailable
 from gingham.store.etcd import EtcdStore
 from gingham.store.sqlite import EmbeddedStore
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class EtcdCluster:
-    """Real etcd members on loopback, stopped by PID however the test ends."""
-
-    def __init__(self, root: Path, size: int = 1, tls: bool = False) -> None:
-        ports = free_ports(2 * size)
-        self.members = [
-            etcd_proc.EtcdMember(f"m{i}", "127.0.0.1", ports[2 * i], ports[2 * i + 1],
-                                 root / f"m{i}", tls)
-            for i in range(size)
-        ]
-        self.tls = etcd_proc.make_tls(root / "tls", ["127.0.0.1"]) if tls else None
-        self.procs = [etcd_proc.start_member(m, self.members, root / f"{m.name}.log",
-                                             tls=self.tls) for m in self.members]
-        self.urls = [m.client_url for m in self.members]
-
-    def wait(self) -> None:
-        etcd_proc.wait_ready(self.urls, tls=self.tls)
-
-    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs[index]
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            proc.wait(10)
-
-    def stop(self) -> None:
-        for i in range(len(self.procs)):
-            self.kill(i, signal.SIGTERM)
-
-
-@pytest.fixture
-def etcd_cluster(tmp_path) -> Iterator:
-    made: list[EtcdCluster] = []
-
-    def make(size: int = 1, tls: bool = False) -> EtcdCluster:
-        cluster = EtcdCluster(tmp_path / f"etcd{len(made)}", size, tls)
-        made.append(cluster)
-        cluster.wait()
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop()
-
-
-@pytest.fixture(params=["embedded", "etcd"])
-def store(request, tmp_path, etcd_cluster):
-    if request.param == "embedded":
-        s = EmbeddedStore(tmp_path / "store.db")
-    else:
-        s = EtcdStore(etcd_cluster(1).urls)
-    yield s
-    s.close()
 
 
 def collect(watch, into: list[Event], until: int) -> threading.Thread:
@@ -276,7 +206,7 @@ def test_etcd_cluster_survives_a_killed_member(etcd_cluster):
     store.close()
 
 
-def test_unreachable_etcd_is_a_clear_error():
+def test_unreachable_etcd_is_a_clear_error(free_ports):
     (port,) = free_ports(1)
     store = EtcdStore([f"http://127.0.0.1:{port}"], timeout=1)
     with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}"):

@@ -9,9 +9,10 @@ import pytest
 
 from gingham.model.network import NetworkConfigError, parse_network_config
 from gingham.store.sqlite import EmbeddedStore
-from gingham.subnet.lease import LeaseAttrs, LeaseDataError, pick_free_subnet, subnet_of_key
+from gingham.subnet.lease import LeaseAttrs, LeaseDataError, subnet_of_key
 from gingham.subnet.manager import LeaseManager, SubnetExhausted
 from gingham.subnet.registry import ConfigMissing, SubnetRegistry
+from gingham.subnet.space import pick_free_subnet
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address

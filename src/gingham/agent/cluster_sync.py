@@ -16,6 +16,7 @@ from gingham.dataplane.routes import RouteIntent, read_routes
 from gingham.store.contract import DELETE, Compacted, StoreError, Watch
 from gingham.subnet.lease import Lease, LeaseDataError, subnet_of_key
 from gingham.subnet.registry import SubnetRegistry
+from gingham.subnet.space import routable
 
 log = logging.getLogger("gingham.agent.sync")
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
@@ -124,10 +125,11 @@ class ClusterSync:
         return {route for route in owned if route.dst in subnets}
 
     def apply(self, leases: dict, bad: dict[str, str]) -> None:
-        plan = self.backend.plan(self.own(), list(leases.values()))
+        usable, clashes = routable(self.own().subnet, leases.values())
+        plan = self.backend.plan(self.own(), usable)
         held = self._held_routes(leases, bad)
         plan.routes |= held
-        problems = (self.standing() + plan.problems + self.backend.apply(plan)
+        problems = (self.standing() + clashes + plan.problems + self.backend.apply(plan)
                     + [f"{key}: {why}" for key, why in bad.items()])
         for problem in problems:
             if problem not in self.status.status.problems:

@@ -10,6 +10,7 @@ import threading
 import time
 
 from gingham.agent.config import AgentConfig
+from gingham.agent.datastore_health import DatastoreHealth
 from gingham.agent.status import StatusFile
 from gingham.backends.base import Backend
 from gingham.backends.registry import BackendUnavailable, make_backend
@@ -18,8 +19,9 @@ from gingham.model.network import NetworkConfig
 from gingham.store.contract import Store, StoreError, StoreUnavailable
 from gingham.store.factory import open_store
 from gingham.subnet.lease import Lease, LeaseAttrs, NodeInfo
-from gingham.subnet.manager import LeaseManager
+from gingham.subnet.manager import ConfigChanged, LeaseManager
 from gingham.subnet.registry import ConfigMissing, SubnetRegistry
+from gingham.subnet.space import misfit
 
 log = logging.getLogger("gingham.agent.membership")
 JOIN_RETRY = 2.0
@@ -34,6 +36,7 @@ class Membership:
         self.uplink = uplink
         self.public_ip = config.public_ip or uplink.address.ip
         self.status = status
+        self.health = DatastoreHealth(status)  # the only writer of status.datastore
         self.store: Store | None = None
         self.registry: SubnetRegistry | None = None
         self.network: NetworkConfig | None = None
@@ -52,6 +55,7 @@ class Membership:
         assert self.config.store is not None
         self.store = open_store(self.config.store)
         self.registry = SubnetRegistry(self.store, self.config.prefix)
+        self.health.start(self.store.probe)
 
     def join(self, stopping: threading.Event, previous: ipaddress.IPv4Network | None,
              held: bool = False) -> Lease:
@@ -67,7 +71,7 @@ class Membership:
                 if str(err) != last:
                     log.error("cannot join the cluster: %s", err)
                     last = str(err)
-                self.status.update(datastore=f"error: {err}")
+                self.health.join_failed(str(err))
             stopping.wait(JOIN_RETRY)
         raise InterruptedError("stopped before joining")
 
@@ -84,8 +88,9 @@ class Membership:
         self.registry.put_node(NodeInfo(self.config.node_name, self.public_ip,
                                         self.config.labels), lease.store_lease)
         self.network, self.backend, self.manager, self.lease = network, backend, manager, lease
-        self.status.update(datastore="ok", backend=network.backend.type,
-                           subnet=str(lease.subnet), public_ip=str(self.public_ip))
+        self.status.update(backend=network.backend.type, subnet=str(lease.subnet),
+                           public_ip=str(self.public_ip))
+        self.health.joined()
         log.info("joined: %s (%s backend) as %s", lease.subnet, network.backend.type,
                  self.public_ip)
         return lease
@@ -113,7 +118,7 @@ class Membership:
                 continue
             try:
                 renewed = self.manager.renew(self.own())
-            except StoreError as err:
+            except (StoreError, ConfigChanged) as err:
                 log.warning("lease renewal failed (%s); retrying in %.0fs", err, RENEW_RETRY)
                 stopping.wait(RENEW_RETRY)
                 continue
@@ -143,10 +148,14 @@ class Membership:
             return None
         if network == self.unfollowable:
             return None  # refused already; the problem stands while it is stored
-        if network.network != self.network.network or \
-                not self.own().subnet.subnet_of(network.network):
+        if network.network != self.network.network:
             self.refuse(f"Network changed from {self.network.network} to {network.network}: "
                          "pods keep their addresses, so restart the agents to move")
+            return None
+        why = misfit(self.own().subnet, network)
+        if why is not None:  # stored past `config set`, which refuses it
+            self.refuse(f"the stored network config does not fit this node's lease "
+                        f"{self.own().subnet}, which {why}; keeping the running config")
             return None
         return network
 
@@ -189,5 +198,6 @@ class Membership:
         return backend
 
     def close(self) -> None:
+        self.health.stop()
         if self.store is not None:
             self.store.close()

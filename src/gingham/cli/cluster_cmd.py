@@ -105,15 +105,16 @@ def config_show(ctx: click.Context, **values) -> None:
 @config.command("set")
 @click.option("-f", "--file", "path", type=click.Path(dir_okay=False, exists=True,
                                                        allow_dash=True), required=True)
+@click.option("--replace", is_flag=True,
+              help="Take the file as it is: without \"Backend\" that is the default backend "
+                   "(vxlan). Without --replace a file with no \"Backend\" keeps the stored one.")
 @datastore_options
 @click.pass_context
-def config_set(ctx: click.Context, path: str, **values) -> None:
-    """Validate net-conf.json and store it."""
+def config_set(ctx: click.Context, path: str, replace: bool, **values) -> None:
+    """Validate net-conf.json against the live leases and store it."""
     from gingham.backends.registry import check_options
-    from gingham.model.network import parse_network_config
+    from gingham.subnet.config_change import change_config
 
     raw = click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text()
-    network = parse_network_config(raw)
-    check_options(network.backend)
-    open_registry(ctx, values).set_config(network)
+    network = change_config(open_registry(ctx, values), raw, replace, check_options)
     click.echo(json.dumps(network.to_json(), indent=2))

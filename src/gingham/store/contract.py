@@ -25,6 +25,10 @@ class StoreUnavailable(StoreError):
     """No endpoint answered (down, unreachable, wrong credentials)."""
 
 
+class StoreStalled(StoreUnavailable):
+    """Reached, but nothing came back in time: a frozen etcd, a write lock held elsewhere."""
+
+
 class LeaseNotFound(StoreError):
     """The lease expired or was revoked."""
 
@@ -76,8 +80,9 @@ class Store(Protocol):
     def delete(self, key: str) -> bool: ...
 
     def compare_and_swap(self, key: str, value: bytes, mod_revision: int,
-                         lease: int = 0) -> bool:
-        """Write only if the key's modification revision is `mod_revision` (0: absent)."""
+                         lease: int = 0, guard: tuple[str, int] | None = None) -> bool:
+        """Write only if the key's modification revision is `mod_revision` (0: absent),
+        and, with `guard` (key, revision), only if that key's is too (in one transaction)."""
         ...
 
     def compare_and_delete(self, key: str, mod_revision: int) -> bool: ...
@@ -91,6 +96,12 @@ class Store(Protocol):
         ...
 
     def revoke(self, lease: int) -> None: ...
+
+    def probe(self) -> None:
+        """Return once the store would take a write now; writes nothing. Raises StoreStalled
+        when it gave up waiting for an answer (after the store's own request timeout),
+        StoreUnavailable when the store said no or cannot be reached."""
+        ...
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         """Events under prefix from start_revision on. Iterating blocks; it ends when the

@@ -28,6 +28,7 @@ from gingham.store.contract import (
     KeyValue,
     LeaseNotFound,
     StoreError,
+    StoreStalled,
     StoreUnavailable,
 )
 
@@ -148,14 +149,17 @@ class EtcdStore:
 
     def call(self, path: str, body: dict) -> dict:
         failures = []
+        silent = True  # every endpoint let the time run out rather than saying no
         for index in self.order():
             try:
                 status, data = self._exchange(index, path, body)
             except (OSError, http.client.HTTPException) as err:
                 failures.append(f"{self.endpoints[index].url}: {describe(err)}")
+                silent = silent and isinstance(err, TimeoutError)
                 continue
             if status == 503:  # a member without quorum: ask another
                 failures.append(f"{self.endpoints[index].url}: {data[:200]!r}")
+                silent = False
                 continue
             self._preferred = index
             try:
@@ -165,7 +169,8 @@ class EtcdStore:
             if status != 200:
                 raise StoreError(f"etcd {path}: {answer.get('message') or answer}")
             return answer
-        raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(failures))
+        why = "no etcd endpoint answered: " + "; ".join(failures)
+        raise StoreStalled(why) if silent else StoreUnavailable(why)
 
     # -- kv -----------------------------------------------------------------------------
 
@@ -203,17 +208,20 @@ class EtcdStore:
     def delete(self, key: str) -> bool:
         return int(self.call("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
 
-    def _txn_if_mod(self, key: str, mod_revision: int, op: dict) -> bool:
+    def _txn_if_mod(self, key: str, mod_revision: int, op: dict,
+                    guard: tuple[str, int] | None = None) -> bool:
+        compares = [(key, mod_revision), *([guard] if guard else [])]
         answer = self._checked("/v3/kv/txn", {
-            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
-                         "mod_revision": str(mod_revision)}],
+            "compare": [{"key": _b64(k), "target": "MOD", "result": "EQUAL",
+                         "mod_revision": str(rev)} for k, rev in compares],
             "success": [op],
         })
         return bool(answer.get("succeeded", False))
 
     def compare_and_swap(self, key: str, value: bytes, mod_revision: int,
-                         lease: int = 0) -> bool:
-        return self._txn_if_mod(key, mod_revision, {"request_put": self._put(key, value, lease)})
+                         lease: int = 0, guard: tuple[str, int] | None = None) -> bool:
+        return self._txn_if_mod(key, mod_revision, {"request_put": self._put(key, value, lease)},
+                                guard)
 
     def compare_and_delete(self, key: str, mod_revision: int) -> bool:
         return self._txn_if_mod(key, mod_revision,
@@ -245,6 +253,11 @@ class EtcdStore:
         except StoreError as err:
             if "lease not found" not in str(err):
                 raise
+
+    def probe(self) -> None:
+        # What `etcdctl endpoint health` asks: a linearizable read, which needs a quorum as a
+        # write does (a serializable one would answer from a member cut off from the rest).
+        self.call("/v3/kv/range", {"key": _b64("health"), "count_only": True})
 
     # -- watch --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from gingham.store.contract import (
     Event,
     KeyValue,
     LeaseNotFound,
+    StoreStalled,
     StoreUnavailable,
 )
 
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compacted', 0);
 """
 POLL_INTERVAL = 0.02
+BUSY_TIMEOUT = 30.0  # how long a writer waits for the write lock before giving up
 LOG_KEEP = 100_000  # revisions of history kept for watchers that fall behind
 
 
@@ -45,9 +47,11 @@ def prefix_end(prefix: str) -> str:
 
 
 class EmbeddedStore:
-    def __init__(self, path: Path, log_keep: int = LOG_KEEP) -> None:
+    def __init__(self, path: Path, log_keep: int = LOG_KEEP,
+                 timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
         self.log_keep = log_keep
+        self.timeout = timeout
         self._local = threading.local()
         self._closed = threading.Event()
         try:
@@ -61,25 +65,34 @@ class EmbeddedStore:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.timeout)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
 
     class _Txn:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+        def __init__(self, store: EmbeddedStore) -> None:
+            self.store = store
+            self.db = store._db()
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                # In WAL mode only writers wait for each other: the lock held past the
+                # timeout is the embedded store's stall, and callers expect a StoreError.
+                if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                    raise StoreStalled(f"embedded store {self.store.path}: write lock held "
+                                       f"elsewhere for {self.store.timeout:g}s") from err
+                raise StoreUnavailable(f"embedded store {self.store.path}: {err}") from err
             return self.db
 
         def __exit__(self, kind, value, tb) -> None:
             self.db.execute("ROLLBACK" if kind else "COMMIT")
 
     def _write(self) -> _Txn:
-        return self._Txn(self._db())
+        return self._Txn(self)
 
     def _bump(self, db: sqlite3.Connection, kind: str, key: str, value: bytes) -> int:
         (rev,) = db.execute("SELECT value + 1 FROM meta WHERE name='revision'").fetchone()
@@ -152,12 +165,13 @@ class EmbeddedStore:
             return self._set(db, key, value, lease)
 
     def compare_and_swap(self, key: str, value: bytes, mod_revision: int,
-                         lease: int = 0) -> bool:
+                         lease: int = 0, guard: tuple[str, int] | None = None) -> bool:
         with self._write() as db:
             self._reap(db)
-            row = db.execute("SELECT mod_rev FROM kv WHERE key=?", (key,)).fetchone()
-            if (row[0] if row else 0) != mod_revision:
-                return False
+            for k, rev in [(key, mod_revision), *([guard] if guard else [])]:
+                row = db.execute("SELECT mod_rev FROM kv WHERE key=?", (k,)).fetchone()
+                if (row[0] if row else 0) != rev:
+                    return False
             self._set(db, key, value, lease)
             return True
 
@@ -198,6 +212,12 @@ class EmbeddedStore:
     def revoke(self, lease: int) -> None:
         with self._write() as db:
             self._revoke(db, lease)
+
+    def probe(self) -> None:
+        # Readers never wait in WAL mode, so a read proves nothing: take the write lock (as
+        # every lease renewal must), read, and commit nothing.
+        with self._write() as db:
+            db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
 
     # -- watch --------------------------------------------------------------------------
 

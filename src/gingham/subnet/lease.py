@@ -108,12 +108,3 @@ class NodeInfo:
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise LeaseDataError(f"node value does not parse: {err}") from None
 
-
-def pick_free_subnet(candidates: list[ipaddress.IPv4Network],
-                     taken: set[ipaddress.IPv4Network],
-                     preferred: ipaddress.IPv4Network | None = None
-                     ) -> ipaddress.IPv4Network | None:
-    """The preferred subnet if it is free, else the lowest free one."""
-    if preferred is not None and preferred in candidates and preferred not in taken:
-        return preferred
-    return next((s for s in candidates if s not in taken), None)

@@ -1,11 +1,14 @@
 """Getting and keeping this node's subnet lease.
 
 Acquire: a lease already held under this node's name is taken back (same subnet after a
-restart); else the previous subnet from subnet.env if still free; else the lowest free one.
-Creation is compare-and-swap on "absent", so two nodes racing never share a subnet; the
-loser re-reads and tries the next. Every lease rides a datastore lease with a TTL (default
-24 h) that is renewed `renew_margin` (default 1 h) before it runs out; a lease that lapsed
-anyway is written again.
+restart); else the previous subnet from subnet.env if still free; else the lowest free one,
+where free means overlapping no key under subnets/ (see space.py). Creation is
+compare-and-swap on "absent" and on the config being the one the candidates came from, so
+two nodes racing never share a subnet (the loser re-reads and tries the next), and two
+nodes that read different configs (another SubnetLen) can never both create a lease.
+Every lease rides a datastore lease with a TTL (default 24 h) that is renewed
+`renew_margin` (default 1 h) before it runs out; a lease that lapsed anyway is written
+again.
 """
 
 from __future__ import annotations
@@ -16,14 +19,9 @@ import time
 
 from gingham.model.network import NetworkConfig
 from gingham.store.contract import LeaseNotFound
-from gingham.subnet.lease import (
-    Lease,
-    LeaseAttrs,
-    LeaseDataError,
-    pick_free_subnet,
-    subnet_key,
-)
+from gingham.subnet.lease import Lease, LeaseAttrs, LeaseDataError, subnet_key
 from gingham.subnet.registry import SubnetRegistry
+from gingham.subnet.space import pick_free_subnet
 
 log = logging.getLogger("gingham.subnet")
 DEFAULT_TTL = 24 * 3600
@@ -33,6 +31,10 @@ MAX_RACES = 20
 
 class SubnetExhausted(RuntimeError):
     pass
+
+
+class ConfigChanged(RuntimeError):
+    """The stored network config is no longer the one this manager allocates for."""
 
 
 class LeaseManager:
@@ -82,13 +84,21 @@ class LeaseManager:
                 raise SubnetExhausted(
                     f"network {self.config.network} has no free /{self.config.subnet_len} "
                     f"left ({len(listing.taken)} leased)")
+            config_revision = self._config_revision()
             store_lease = store.grant(self.ttl)
-            got = self.registry.write_lease(subnet, attrs, store_lease, 0)
+            got = self.registry.write_lease(subnet, attrs, store_lease, 0, config_revision)
             if got is not None:
                 log.info("leased %s for %s", subnet, attrs.node_name)
                 return self._held(got)
             store.revoke(store_lease)  # raced: someone took it first
         raise SubnetExhausted(f"lost {MAX_RACES} races for a subnet; datastore too busy?")
+
+    def _config_revision(self) -> int:
+        stored, revision = self.registry.read_config()
+        if stored != self.config:
+            raise ConfigChanged(f"the network config changed while allocating for "
+                                f"{self.config.network}; allocating again under the new one")
+        return revision
 
     def _held(self, lease: Lease) -> Lease:
         self.expires_at = time.monotonic() + self.ttl

@@ -42,17 +42,27 @@ class SubnetRegistry:
     # -- config ------------------------------------------------------------------------
 
     def get_config(self) -> NetworkConfig:
+        return self.read_config()[0]
+
+    def read_config(self) -> tuple[NetworkConfig, int]:
+        """The config and its modification revision."""
         kv = self.store.get(config_key(self.prefix))
         if kv is None:
             raise ConfigMissing(f"no network config at {config_key(self.prefix)} "
                                 "(set one with `gingham config set -f net-conf.json`)")
         try:
-            return parse_network_config(kv.value)
+            return parse_network_config(kv.value), kv.mod_revision
         except NetworkConfigError as err:
             raise NetworkConfigError(f"{config_key(self.prefix)}: {err}") from None
 
     def set_config(self, config: NetworkConfig) -> None:
         self.store.put(config_key(self.prefix), json.dumps(config.to_json()).encode())
+
+    def replace_config(self, config: NetworkConfig, expect_revision: int) -> bool:
+        """Write the config only if it is still at `expect_revision` (0: absent)."""
+        return self.store.compare_and_swap(config_key(self.prefix),
+                                           json.dumps(config.to_json()).encode(),
+                                           expect_revision)
 
     # -- leases ------------------------------------------------------------------------
 
@@ -78,10 +88,13 @@ class SubnetRegistry:
         return self.store.watch(subnets_prefix(self.prefix), start_revision)
 
     def write_lease(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, store_lease: int,
-                    expect_revision: int) -> Lease | None:
-        """Create (expect 0) or replace (expect its mod revision) a lease; None if raced."""
+                    expect_revision: int, config_revision: int | None = None) -> Lease | None:
+        """Create (expect 0) or replace (expect its mod revision) a lease; None if raced.
+        With `config_revision`, only while the config is still at that revision."""
         key = subnet_key(self.prefix, subnet)
-        if not self.store.compare_and_swap(key, attrs.encode(), expect_revision, store_lease):
+        guard = None if config_revision is None else (config_key(self.prefix), config_revision)
+        if not self.store.compare_and_swap(key, attrs.encode(), expect_revision, store_lease,
+                                           guard):
             return None
         kv = self.store.get(key)
         return Lease(subnet, attrs, kv.mod_revision if kv else 0, store_lease)

@@ -1,0 +1,102 @@
+"""The address space the leases share, as pure logic: which subnets overlap, which are
+free, and which fit a network config.
+
+No two leases may ever overlap, whatever the config history: a /28 handed out inside a
+node's /24 gives other nodes two routes for one address and breaks both nodes. So a
+candidate is free only if it overlaps no key under subnets/ at all (of any length, and
+including keys whose values do not parse), not merely if its own key is absent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections.abc import Iterable
+
+from gingham.model.network import NetworkConfig
+from gingham.subnet.lease import Lease
+
+Net = ipaddress.IPv4Network
+
+
+class Taken:
+    """Subnets in use, as sorted address intervals, for overlap tests in O(log n)."""
+
+    def __init__(self, subnets: Iterable[Net]) -> None:
+        spans = sorted((int(s.network_address), int(s.broadcast_address)) for s in subnets)
+        # Merged, so each start is after the previous end and one bisect answers.
+        merged: list[list[int]] = []
+        for first, last in spans:
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        self._starts = [m[0] for m in merged]
+        self._ends = [m[1] for m in merged]
+
+    def overlaps(self, subnet: Net) -> bool:
+        first, last = int(subnet.network_address), int(subnet.broadcast_address)
+        at = bisect.bisect_right(self._starts, last) - 1
+        return at >= 0 and self._ends[at] >= first
+
+
+def pick_free_subnet(candidates: list[Net], taken: Iterable[Net],
+                     preferred: Net | None = None) -> Net | None:
+    """The preferred subnet if it is free, else the lowest free one; free means it overlaps
+    nothing taken."""
+    used = Taken(taken)
+    if preferred is not None and preferred in candidates and not used.overlaps(preferred):
+        return preferred
+    return next((s for s in candidates if not used.overlaps(s)), None)
+
+
+def misfit(subnet: Net, config: NetworkConfig) -> str | None:
+    """Why a leased subnet cannot stand under `config`, or None if it fits."""
+    if not subnet.subnet_of(config.network):
+        return f"is outside Network {config.network}"
+    if subnet.prefixlen != config.subnet_len:
+        return f"is a /{subnet.prefixlen}, not a /{config.subnet_len} (SubnetLen)"
+    if not config.subnet_min <= subnet.network_address <= config.subnet_max:
+        return (f"is outside SubnetMin {config.subnet_min} .. SubnetMax "
+                f"{config.subnet_max}")
+    return None
+
+
+def overlapping(subnets: Iterable[Net]) -> set[Net]:
+    """Every subnet that overlaps another one of `subnets`."""
+    ordered = sorted(set(subnets), key=lambda s: (int(s.network_address), s.prefixlen))
+    found: set[Net] = set()
+    reach: Net | None = None  # of those seen, the one reaching furthest
+    for subnet in ordered:
+        if reach is not None and int(subnet.network_address) <= int(reach.broadcast_address):
+            found |= {subnet, reach}
+        if reach is None or int(subnet.broadcast_address) > int(reach.broadcast_address):
+            reach = subnet
+    return found
+
+
+def leases_that_do_not_fit(config: NetworkConfig, leases: Iterable[Lease]) -> list[str]:
+    """One line per live lease that `config` would strand, naming its node."""
+    found = []
+    for lease in sorted(leases, key=lambda x: int(x.subnet.network_address)):
+        why = misfit(lease.subnet, config)
+        if why is not None:
+            found.append(f"{lease.subnet} of {lease.attrs.node_name or '?'} {why}")
+    return found
+
+
+def routable(own: Net, leases: Iterable[Lease]) -> tuple[list[Lease], list[str]]:
+    """The leases a node may route, and a problem for each it may not: a lease that overlaps
+    another (only a store written by hand or by an older version holds such) is never
+    routed, for no route could say which node the shared addresses are on. This node's own
+    subnet stays its own."""
+    leases = list(leases)
+    clash = overlapping([own, *(lease.subnet for lease in leases)])
+    keep, problems = [], []
+    for lease in leases:
+        if lease.subnet == own or lease.subnet not in clash:
+            keep.append(lease)
+        else:
+            problems.append(f"lease {lease.subnet} of {lease.attrs.node_name or '?'} overlaps "
+                            "another lease; not routed (delete one of them)")
+    return keep, problems
