@@ -62,8 +62,8 @@ class ClusterSync:
                 log.info("watch fell behind (%s); full resync", err)
                 continue
             except StoreError as err:
+                # status.json's datastore field is the health probe's (datastore_health).
                 log.warning("datastore: %s; keeping the dataplane as it is", err)
-                self.status.update(datastore=f"unreachable: {err}")
             except Exception:
                 log.exception("applying leases failed; retrying")
             self.stopping.wait(delay)
@@ -71,7 +71,6 @@ class ClusterSync:
 
     def _sync_then_watch(self) -> None:
         listing = self.registry.leases()
-        self.status.update(datastore="ok")
         leases = {lease.subnet: lease for lease in listing.leases}
         bad = dict(p.split(": ", 1) for p in listing.problems)
         for subnet in map(self._subnet, bad):
