@@ -197,16 +197,22 @@ def test_error_object(shared_plugins: PluginCaller, shared_node: Node, pod_netns
                       case: str) -> None:
     bad = BAD_CALLS[case]
     cid = new_cid()
-    env = {"CNI_CONTAINERID": cid, "CNI_NETNS": pod_netns(), "CNI_IFNAME": "eth0", **bad.env}
-    reply = shared_plugins.call(
-        plugin, bad.command, bad.conf(shared_node.conf()),
+    reply = call_bad(shared_plugins, plugin, bad, shared_node.conf(), cid, pod_netns())
+    assert_error(reply, bad.code)
+    assert_nothing_left(shared_node, cid)
+
+
+def call_bad(plugins: PluginCaller, plugin: str, bad: Bad, conf: dict, cid: str,
+             netns: str) -> PluginReply:
+    """Exec `plugin` as for a valid ADD of `cid` into `netns`, with `bad`'s changes."""
+    env = {"CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": "eth0", **bad.env}
+    return plugins.call(
+        plugin, bad.command, bad.conf(conf),
         container_id=env.pop("CNI_CONTAINERID"), netns=env.pop("CNI_NETNS"),
         ifname=env.pop("CNI_IFNAME"),
         extra_env={k: v for k, v in env.items() if v is not None},
         drop_env=tuple(k for k, v in env.items() if v is None),
     )
-    assert_error(reply, bad.code)
-    assert_nothing_left(shared_node, cid)
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
@@ -224,10 +230,24 @@ def test_agent_unreachable(shared_plugins: PluginCaller, shared_node: Node, pod_
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 @pytest.mark.parametrize("stdin", [b'{"agentSocket": "/nonexistent/agent.sock", ', b"[1, 2]"])
-def test_bad_json_is_6_even_with_no_agent(shared_plugins: PluginCaller, plugin: str,
+def test_bad_json_is_6_even_with_no_agent(shared_plugins: PluginCaller, pod_netns, plugin: str,
                                           stdin: bytes) -> None:
-    reply = shared_plugins.call(plugin, "ADD", stdin)
+    reply = shared_plugins.call(plugin, "ADD", stdin, netns=pod_netns())
     assert assert_error(reply, 6)["msg"] == "network config is not a JSON object"
+
+
+@pytest.mark.parametrize(("plugin", "case"), [
+    pytest.param(p, name, id=f"{p}-{name}") for name, bad in BAD_CALLS.items() if bad.code == 4
+    for p in bad.plugins])
+def test_environment_errors_are_4_even_with_no_agent(shared_plugins: PluginCaller,
+                                                     shared_node: Node, pod_netns,
+                                                     tmp_path: Path, plugin: str,
+                                                     case: str) -> None:
+    """The shim checks CNI_* itself, by the agent's rules: "try again later" would have the
+    runtime retry a call that can never work."""
+    conf = shared_node.conf(agentSocket=str(tmp_path / "no-agent.sock"))
+    reply = call_bad(shared_plugins, plugin, BAD_CALLS[case], conf, new_cid(), pod_netns())
+    assert_error(reply, 4)
 
 
 def test_error_object_speaks_the_config_version(shared_plugins: PluginCaller,

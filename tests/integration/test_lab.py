@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ POD_SUBNET = ipaddress.ip_network("10.244.1.0/24")
 PODS = ("web", "client1", "client2")
 # A name no test makes (unique names are "t" + hex), for "no such lab" errors.
 NO_LAB = "nolabzz"
+GINGHAM = Path(sys.executable).parent / "gingham"
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -213,6 +215,70 @@ def test_bad_input_is_one_clear_line(built, cli, argv, needle):
     assert lab.files.record_path.read_text() == before
     assert not LabFiles(NO_LAB).dir.exists()
     assert not lab_namespaces(NO_LAB)
+
+
+BAD_TOPOLOGIES = {
+    "not-yaml": ("segments:\n  - {name: left, cidr: 192.168.50.0/24}\nnodes: a: b\n",
+                 "cannot read {path}: line 3, column 9: mapping values are not allowed here"),
+    "cut-off": ("segments:\n  - {name: left, cidr: 192.168.50.0/24}\n"
+                "  - {name: right, cidr: 192.168.60.0/24}\n"
+                "  - {name: far, cidr: 192.168.70.0/24}\n"
+                "routers:\n  - {name: router1, segments: [left, right]}\n"
+                "nodes:\n  - {name: node1, segment: left}\n  - {name: node2, segment: far}\n"
+                "external: {segment: left}\n",
+                "segment(s) far cannot be reached through routers from segment left, where "
+                "the external host is: join them with a router"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TOPOLOGIES)
+def test_a_bad_topology_file_is_one_line_and_builds_nothing(cli, lab_name, tmp_path, case):
+    text, says = BAD_TOPOLOGIES[case]
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    line = assert_one_line_error(cli("lab", "up", "--name", lab_name, "-f", str(path)))
+    assert line == f"gingham: error: {says.format(path=path)}"
+    assert not lab_namespaces(lab_name) and not LabFiles(lab_name).dir.exists()
+
+
+@pytest.mark.parametrize(("backend", "option", "says"), [
+    ("host-gw", "Foo=1", "unknown host-gw option(s): Foo (known: none)"),
+    ("vxlan", "VNI=abc", "vxlan VNI 'abc' is not a number"),
+    ("udp", "Port=true", "udp Port True is not a number"),
+])
+def test_bad_backend_options_fail_lab_up_in_one_line(cli, lab_name, backend, option, says):
+    up = cli("lab", "up", "--name", lab_name, "--backend", backend, "--backend-option", option)
+    assert_one_line_error(up, says)
+    assert not lab_namespaces(lab_name)
+
+
+def to_closed_pipe(*args: str) -> subprocess.CompletedProcess:
+    """`gingham ARGS | head -0`, deterministically: stdout is a pipe whose reader is gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([str(GINGHAM), *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("argv", [["lab", "status", "--name", "{lab}"],
+                                  ["lab", "status", "--name", "{lab}", "--json"],
+                                  ["lab", "pod", "list", "--name", "{lab}"],
+                                  ["--lab", "{lab}", "get", "nodes"]])
+def test_output_to_a_closed_pipe_ends_quietly(built, argv):
+    lab, _ = built
+    proc = to_closed_pipe(*(a.format(lab=lab.name) for a in argv))
+    assert (proc.returncode, proc.stderr) == (1, "")
+
+
+def test_exec_gives_the_command_the_default_sigpipe(built):
+    # `gingham lab exec node1 -- yes | head -1`: `yes` dies of SIGPIPE, as it would in a
+    # shell, instead of inheriting Python's ignored SIGPIPE and complaining.
+    lab, _ = built
+    proc = to_closed_pipe("lab", "exec", "--name", lab.name, "node1", "--", "yes")
+    assert (proc.returncode, proc.stderr) == (-signal.SIGPIPE, "")
 
 
 def test_pods_whose_namespace_names_clash_are_refused(lab):

@@ -110,6 +110,15 @@ def test_a_config_no_agent_can_run_keeps_the_old_backend(switching_lab):
     assert lab.pings("default/s1", lab.files.load().pods["default/s2"].ip)
 
 
+def test_an_unknown_option_stored_past_config_set_is_refused_by_the_agent(make_lab):
+    lab = make_lab(1, backend="host-gw")
+    with control.lab_registry(lab.files.load()) as registry:
+        registry.store.put("/gingham/network/config", json.dumps(
+            {"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "Foo": 1}}).encode())
+    wait_problem(lab, "node1", "cannot switch to backend host-gw, keeping host-gw: unknown "
+                               "host-gw option(s): Foo (known: none)")
+
+
 def start_agent_without_tun(lab, node: str) -> int:
     """(Re)start the node's agent in a mount namespace of its own where /dev/net is an
     empty tmpfs: a node whose kernel cannot make TUN devices. The mount namespace ends

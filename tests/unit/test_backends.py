@@ -6,11 +6,12 @@ import ipaddress
 
 import pytest
 
-from gingham.backends import ipip
+from gingham.backends import ipip, registry
 from gingham.backends.hostgw import HostGwBackend
 from gingham.backends.ipip import KernelIpipBackend, UserspaceIpipBackend
+from gingham.backends.options import BackendConfigError
 from gingham.backends.registry import check_options, make_backend
-from gingham.backends.vxlan import BackendConfigError, VxlanBackend, VxlanOptions
+from gingham.backends.vxlan import VxlanBackend, VxlanOptions
 from gingham.dataplane.routes import RouteIntent, diff_routes
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import FdbIntent, NeighIntent, stable_mac
@@ -127,12 +128,48 @@ def test_vxlan_lease_data_mtu_and_stable_mac():
     assert first & 0x02 and not first & 0x01, "locally administered unicast"
 
 
-@pytest.mark.parametrize("options", [{"VNI": -1}, {"VNI": 1 << 24}, {"VNI": "1"},
-                                     {"Port": 0}, {"Port": 70000}, {"DirectRouting": "yes"},
-                                     {"Bogus": 1}])
-def test_bad_vxlan_options_are_refused(options):
-    with pytest.raises(BackendConfigError):
-        check_options(BackendConfig("vxlan", options))
+@pytest.mark.parametrize(("kind", "options", "says"), [
+    ("vxlan", {"VNI": "abc"}, "vxlan VNI 'abc' is not a number"),
+    ("vxlan", {"VNI": True}, "vxlan VNI True is not a number"),
+    ("vxlan", {"VNI": None}, "vxlan VNI None is not a number"),
+    ("vxlan", {"VNI": "1"}, "vxlan VNI '1' is not a number (a string: write it without quotes)"),
+    ("vxlan", {"VNI": 4.5}, "vxlan VNI 4.5 is not an integer"),
+    ("vxlan", {"VNI": -1}, "vxlan VNI -1 is out of range (0-16777215)"),
+    ("vxlan", {"VNI": 1 << 24}, "vxlan VNI 16777216 is out of range (0-16777215)"),
+    ("vxlan", {"VNI": 10_000_000}, "VNI 10000000 makes the device name flannel.10000000 "
+                                   "longer than 15 characters"),
+    ("vxlan", {"Port": "8472/udp"}, "vxlan Port '8472/udp' is not a number"),
+    ("vxlan", {"Port": 0}, "vxlan Port 0 is out of range (1-65535)"),
+    ("vxlan", {"Port": 70000}, "vxlan Port 70000 is out of range (1-65535)"),
+    ("vxlan", {"DirectRouting": "yes"}, "vxlan DirectRouting 'yes' is not true/false"),
+    ("vxlan", {"DirectRouting": 1}, "vxlan DirectRouting 1 is not true/false"),
+    ("udp", {"Port": "abc"}, "udp Port 'abc' is not a number"),
+    ("udp", {"Port": False}, "udp Port False is not a number"),
+    ("udp", {"Port": 65536}, "udp Port 65536 is out of range (1-65535)"),
+])
+def test_bad_option_values_say_what_is_wrong(kind, options, says):
+    with pytest.raises(BackendConfigError) as err:
+        check_options(BackendConfig(kind, options))
+    assert str(err.value) == says
+
+
+@pytest.mark.parametrize(("kind", "known"), [
+    ("host-gw", "none"), ("vxlan", "VNI, Port, DirectRouting, GBP, MTU"), ("udp", "Port"),
+    ("ipip", "none"),
+])
+def test_every_backend_refuses_options_it_does_not_know(monkeypatch, kind, known):
+    def kernel(*args):
+        raise AssertionError("the options are judged before the kernel is asked anything")
+
+    monkeypatch.setattr(ipip, "kernel_has_ipip", kernel)
+    monkeypatch.setattr(registry, "check_tun", kernel)
+    config = BackendConfig(kind, {"Foo": 1, "Bar": 2})
+    says = f"unknown {kind} option(s): Bar, Foo (known: {known})"
+    with pytest.raises(BackendConfigError) as at_config_set:
+        check_options(config)
+    with pytest.raises(BackendConfigError) as at_agent:  # an agent building the backend
+        make_backend(config, UPLINK, "node1")
+    assert str(at_config_set.value) == str(at_agent.value) == says
 
 
 def test_kernel_ipip_routes_via_the_node_address_onlink_even_behind_a_router():

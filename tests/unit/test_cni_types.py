@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gingham.cni import shim
-from gingham.cni.environment import parse_env
+from gingham.cni.environment import REQUIRED, parse_env
 from gingham.cni.result import Interface, IPConfig, Result, Route
 from gingham.cni.spec import INVALID_ENVIRONMENT, CniError
 from gingham.cni.wire import WireError, decode_request
@@ -86,6 +86,63 @@ def test_wire_rejects_garbage(data):
 ])
 def test_shim_finds_string_fields_without_json(raw, want):
     assert shim.string_field(raw, b"agentSocket") == want
+
+
+def agent_verdict(env: dict[str, str]) -> tuple[str, str] | None:
+    try:
+        parse_env(env)
+    except CniError as err:
+        return err.msg, err.details
+    return None
+
+
+def shim_verdict(env: dict[str, str]) -> tuple[str, str] | None:
+    raw = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in env.items()}
+    found = shim.env_problem(raw, raw.get(b"CNI_COMMAND", b""))
+    return found and (found[0].decode(), found[1].decode("utf-8", "surrogateescape"))
+
+
+def env_cases():
+    """Every command with each variable dropped or emptied, and container IDs and interface
+    names of every kind, ASCII character by character."""
+    ids = ["abc", "A1", "a-b_c.d", "-abc", ".a", "a b", "c1\n", "a/b", "é", "a\udcff", "a:b"]
+    ifnames = [f"et{chr(c)}h0" for c in range(1, 128)] + [
+        "x" * 15, "x" * 16, ".", "..", "...", "é" * 8, "é" * 15 + "/", "eth\u00a00", "a\udcff"]
+    for command in ("ADD", "CHECK", "DEL", "STATUS", "GC", "", "BOGUS", "add"):
+        base = {**ENV, "CNI_COMMAND": command}
+        yield base
+        for key in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"):
+            yield {k: v for k, v in base.items() if k != key}
+            yield {**base, key: ""}
+        yield from ({**base, "CNI_CONTAINERID": cid} for cid in ids)
+        yield from ({**base, "CNI_IFNAME": name} for name in ifnames)
+        yield {**base, "CNI_CONTAINERID": "a b", "CNI_IFNAME": "x" * 16, "CNI_NETNS": ""}
+
+
+def test_shim_requires_what_the_agent_requires():
+    agent = {command.encode(): tuple(key.encode() for key in keys)
+             for command, keys in REQUIRED.items() if command != "VERSION"}
+    assert agent == shim.REQUIRED_ENV
+
+
+def test_shim_judges_the_environment_as_the_agent_does():
+    """Same verdict, same words; only a non-ASCII interface name, which bytes cannot
+    measure in characters, is left by the shim for the agent to judge."""
+    differ = [(env, shim_verdict(env), agent_verdict(env)) for env in env_cases()
+              if shim_verdict(env) != agent_verdict(env)]
+    assert [(env["CNI_IFNAME"], shim_says, agent_says) for env, shim_says, agent_says in differ
+            ] == [("eth\u00a00", None, ("CNI_IFNAME is not a valid interface name",
+                                         "eth\u00a00"))] * 3  # ADD, CHECK, DEL
+
+
+def test_shim_error_object_is_json_whatever_the_details_hold(monkeypatch):
+    out: list[bytes] = []
+    monkeypatch.setattr(shim, "write_all", out.append)
+    details = bytes(range(256)) + b'\\"x'
+    assert shim.fail(4, b"bad", details, b"1.1.0") == 1
+    error = json.loads(out[0])
+    assert error["details"].encode("latin-1") == details
+    assert (error["code"], error["msg"], error["cniVersion"]) == (4, "bad", "1.1.0")
 
 
 def test_shim_imports_nothing_heavy():

@@ -74,3 +74,32 @@ def test_bad_topologies_say_why(change, says):
     data = {**yaml.safe_load(EXAMPLE.read_text()), **change}
     with pytest.raises(TopologyError, match=says):
         parse_topology(data)
+
+
+def chain(external: str, routers: list[list[str]]) -> dict:
+    """Segments a, b, c, d (10.0-3.0.0/24), a node on each, routers joining `routers`."""
+    return {
+        "segments": [{"name": n, "cidr": f"10.{i}.0.0/24"} for i, n in enumerate("abcd")],
+        "routers": [{"name": f"r{i}", "segments": joined} for i, joined in enumerate(routers)],
+        "nodes": [{"name": f"node{i}", "segment": n} for i, n in enumerate("abcd", start=1)],
+        "external": {"segment": external},
+    }
+
+
+@pytest.mark.parametrize(("external", "routers", "cut_off"), [
+    ("a", [], "b, c, d"),
+    ("a", [["a", "b"], ["c", "d"]], "c, d"),
+    ("c", [["a", "b"], ["c", "d"]], "a, b"),
+    ("a", [["a", "b", "c"]], "d"),
+])
+def test_segments_cut_off_from_the_external_host_are_named(external, routers, cut_off):
+    with pytest.raises(TopologyError) as err:
+        parse_topology(chain(external, routers))
+    assert str(err.value) == (f"segment(s) {cut_off} cannot be reached through routers from "
+                              f"segment {external}, where the external host is: join them "
+                              "with a router")
+
+
+def test_segments_joined_by_any_path_of_routers_are_accepted():
+    topo = parse_topology(chain("d", [["c", "d"], ["a", "b"], ["b", "c"]]))
+    assert all(routes_for(topo, n.name).default is not None for n in topo.nodes)

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 from gingham.backends.base import BackendPlan, RoutesOnlyBackend
 from gingham.backends.hostgw import others_of_type
+from gingham.backends.options import BackendConfigError
 from gingham.backends.userspace import IpipTransport, Transport, UserspaceBackend
-from gingham.backends.vxlan import BackendConfigError
 from gingham.dataplane import netns, tunl0
 from gingham.dataplane.routes import RouteIntent
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import remove_vteps
-from gingham.model.network import BackendConfig
 from gingham.subnet.lease import Lease
 
 TYPE = "ipip"
 DEVICE = "flannel.ipip"  # the userspace path's TUN device
 OVERHEAD = 20
-
-
-def check_options(config: BackendConfig) -> None:
-    if config.options:
-        raise BackendConfigError(f"unknown ipip option(s): {', '.join(sorted(config.options))}")
 
 
 def kernel_has_ipip() -> bool:

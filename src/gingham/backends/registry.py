@@ -5,6 +5,7 @@ from __future__ import annotations
 from gingham.backends import ipip, udp
 from gingham.backends.base import Backend
 from gingham.backends.hostgw import HostGwBackend
+from gingham.backends.options import check_known
 from gingham.backends.vxlan import VxlanBackend, VxlanOptions
 from gingham.dataplane.tun import TunError, check_tun
 from gingham.dataplane.uplink import Uplink
@@ -18,17 +19,20 @@ class BackendUnavailable(ValueError):
 
 
 def check_options(config: BackendConfig) -> None:
-    """Refuse a backend config no agent could run (raises ValueError); no kernel needed."""
-    if config.type == VxlanBackend.type:
+    """Refuse a backend config no agent could run (raises ValueError); no kernel needed.
+    `config set` runs it, and make_backend too: an agent judges a config stored past it
+    (or before this check existed) the same way."""
+    if config.type in (HostGwBackend.type, ipip.TYPE):
+        check_known(config, ())  # routes, or a tunnel, with nothing to tune
+    elif config.type == VxlanBackend.type:
         VxlanOptions.parse(config)
     elif config.type == udp.TYPE:
         udp.parse_port(config)
-    elif config.type == ipip.TYPE:
-        ipip.check_options(config)
 
 
 def make_backend(config: BackendConfig, uplink: Uplink, node_name: str,
                  subnet_len: int = 24) -> Backend:
+    check_options(config)
     if config.type == HostGwBackend.type:
         return HostGwBackend(uplink)
     if config.type == VxlanBackend.type:
@@ -37,7 +41,6 @@ def make_backend(config: BackendConfig, uplink: Uplink, node_name: str,
         _need_tun()
         return udp.UdpBackend(config, uplink, subnet_len)
     if config.type == ipip.TYPE:
-        ipip.check_options(config)
         if ipip.kernel_has_ipip():
             return ipip.KernelIpipBackend(uplink)
         _need_tun()

@@ -5,8 +5,8 @@ across routers."""
 
 from __future__ import annotations
 
+from gingham.backends.options import check_known, int_option
 from gingham.backends.userspace import Transport, UdpTransport, UserspaceBackend
-from gingham.backends.vxlan import BackendConfigError
 from gingham.dataplane.uplink import Uplink
 from gingham.model.network import BackendConfig
 
@@ -15,13 +15,8 @@ DEFAULT_PORT = 8285
 
 
 def parse_port(config: BackendConfig) -> int:
-    unknown = set(config.options) - {"Port"}
-    if unknown:
-        raise BackendConfigError(f"unknown udp option(s): {', '.join(sorted(unknown))}")
-    port = config.options.get("Port", DEFAULT_PORT)
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise BackendConfigError(f"udp Port {port!r} is out of range (1-65535)")
-    return port
+    check_known(config, ("Port",))
+    return int_option(config, "Port", DEFAULT_PORT, 1, 65535)
 
 
 class UdpBackend(UserspaceBackend):

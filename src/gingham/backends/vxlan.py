@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
 from gingham.backends.hostgw import direct_route, others_of_type
+from gingham.backends.options import BackendConfigError, check_known, int_option
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
@@ -37,17 +38,8 @@ DEFAULT_PORT = 8472  # Flannel's (the kernel's legacy Linux VXLAN port), not IAN
 OVERHEAD = 50  # outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8
 MAX_VNI = (1 << 24) - 1
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-class BackendConfigError(ValueError):
-    pass
-
-
-def _int_option(options: dict, key: str, default: int, low: int, high: int) -> int:
-    value = options.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BackendConfigError(f"vxlan {key} {value!r} is out of range ({low}-{high})")
-    return value
+# GBP and MTU are Flannel's keys: accepted, but Gingham does not act on them.
+OPTIONS = ("VNI", "Port", "DirectRouting", "GBP", "MTU")
 
 
 @dataclass(frozen=True)
@@ -58,15 +50,21 @@ class VxlanOptions:
 
     @classmethod
     def parse(cls, config: BackendConfig) -> VxlanOptions:
-        known = {"VNI", "Port", "DirectRouting", "GBP", "MTU"}
-        unknown = set(config.options) - known
-        if unknown:
-            raise BackendConfigError(f"unknown vxlan option(s): {', '.join(sorted(unknown))}")
+        check_known(config, OPTIONS)
         direct = config.options.get("DirectRouting", False)
         if not isinstance(direct, bool):
             raise BackendConfigError(f"vxlan DirectRouting {direct!r} is not true/false")
-        return cls(_int_option(config.options, "VNI", DEFAULT_VNI, 0, MAX_VNI),
-                   _int_option(config.options, "Port", DEFAULT_PORT, 1, 65535), direct)
+        options = cls(int_option(config, "VNI", DEFAULT_VNI, 0, MAX_VNI),
+                      int_option(config, "Port", DEFAULT_PORT, 1, 65535), direct)
+        # Here, not when the VTEP is made: `config set` must refuse what no agent can run.
+        if len(options.device) > 15:
+            raise BackendConfigError(f"VNI {options.vni} makes the device name "
+                                     f"{options.device} longer than 15 characters")
+        return options
+
+    @property
+    def device(self) -> str:
+        return f"flannel.{self.vni}"
 
 
 class VxlanBackend:
@@ -75,10 +73,7 @@ class VxlanBackend:
     def __init__(self, options: VxlanOptions, uplink: Uplink, node_name: str) -> None:
         self.options = options
         self.uplink = uplink
-        self.device = f"flannel.{options.vni}"
-        if len(self.device) > 15:
-            raise BackendConfigError(f"VNI {options.vni} makes the device name {self.device} "
-                                     "longer than 15 characters")
+        self.device = options.device
         self.mac = stable_mac(f"gingham-vtep/{node_name}/{options.vni}")
         self.index: int | None = None
 

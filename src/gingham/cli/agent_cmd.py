@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import click
-import yaml
 
 from gingham.agent import config as defaults
 from gingham.cli.store_opts import datastore_options, store_options
+from gingham.cli.yamlfile import YamlFileError, load_yaml
 
 
 class Network(click.ParamType):
@@ -48,9 +48,9 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
     if path is None:
         return
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise click.BadParameter(f"cannot read {path}: {err}") from None
+        data = load_yaml(path)
+    except YamlFileError as err:
+        raise click.BadParameter(str(err)) from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names to values")
     # keys are the flags' names: `subnet` for --subnet, whatever the parameter is called

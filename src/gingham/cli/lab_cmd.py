@@ -7,7 +7,6 @@ import ipaddress
 import json
 import re
 import sys
-from pathlib import Path
 
 import click
 
@@ -73,15 +72,11 @@ def _port(value: str) -> dict:
 
 
 def _topology(path: str):
-    import yaml
-
+    from gingham.cli.yamlfile import load_yaml
     from gingham.lab.topology import parse_topology
 
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise click.BadParameter(f"cannot read {path}: {err}") from None
-    return parse_topology(data)
+    # A file that does not parse fails as one whose content is wrong: one line, exit 1.
+    return parse_topology(load_yaml(path))
 
 
 def _backend_option(value: str) -> tuple[str, object]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import select
 import sys
+from typing import NoReturn
 
 import click
 
@@ -14,6 +17,24 @@ from gingham.cli.lab_cmd import lab
 log = logging.getLogger("gingham.cli")
 # Errors whose message already says what went wrong; others get their type named too.
 SELF_EXPLAINING: tuple[type[Exception], ...] = (ValueError, LookupError, RuntimeError, OSError)
+STDOUT = 1
+
+
+def _stdout_closed() -> bool:
+    """Whether whoever reads our stdout has gone (`gingham lab status | head -1`): a pipe
+    whose reader closed polls as POLLERR. Only then is a BrokenPipeError about our output
+    and not, say, a socket of the command's, which must still be reported."""
+    poller = select.poll()
+    poller.register(STDOUT, 0)  # POLLERR and POLLHUP are reported whatever the mask
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _end_quietly() -> NoReturn:
+    """Exit 1 with nothing said (as Click does for a closed pipe in its own output). Stdout
+    points at /dev/null first, so the interpreter's final flush of what is still buffered
+    cannot fail again. SIGPIPE stays ignored: `gingham agent` writes to sockets."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), STDOUT)
+    sys.exit(1)
 
 
 class Gingham(click.Group):
@@ -25,6 +46,8 @@ class Gingham(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as err:
+            if isinstance(err, BrokenPipeError) and _stdout_closed():
+                _end_quietly()
             log.debug("traceback", exc_info=True)
             what = str(err) if isinstance(err, SELF_EXPLAINING) else f"{type(err).__name__}: {err}"
             click.echo(f"gingham: error: {what}", err=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from gingham.dataplane import netns
 
 NETNS_DIR = Path("/run/netns")
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def netns_path(name: str) -> str:
@@ -51,9 +52,15 @@ def exec_in(ns: str, argv: list[str]) -> None:
         raise ExecFailed(f"namespace {ns} does not exist (was it removed behind the lab's "
                          "back? `gingham lab down` cleans up)") from None
     netns.setns(fd)
+    # Python ignores SIGPIPE and SIGXFSZ, and an exec keeps ignored signals ignored: give the
+    # command the defaults, as subprocess does for its children (restore_signals), or
+    # `gingham lab exec node1 -- yes | head -1` makes `yes` complain of a broken pipe.
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in RESTORED_SIGNALS}
     try:
         os.execvp(argv[0], argv)
     except OSError as err:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         # Bare OSError text ("[Errno 2] No such file or directory") would not name the command.
         raise ExecFailed(f"cannot run {argv[0]!r} in {ns}: {err.strerror}") from None
 

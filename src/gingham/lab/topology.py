@@ -16,7 +16,8 @@ nodes with their segment, and the external host's segment:
 Addresses follow the single-segment lab: routers .1 on each of their segments, nodeK
 .(10+K), external .254, the control plane .2 of the first segment. Every host gets a route
 to every segment it is not on, via the first router of a shortest path there, and a
-default route toward the external host.
+default route toward the external host; so every segment must be reachable through
+routers from the external host's, or the topology is refused.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def parse_topology(data: object) -> Topology:
         control=Placement("control", segments[0].name, segments[0].host(CONTROL_HOST)),
     )
     _check_unique(topology)
+    _check_connected(topology)
     return topology
 
 
@@ -166,6 +168,19 @@ def _check_unique(topology: Topology) -> None:
     addresses = [n.address.ip for n in topology.nodes]
     if len(set(addresses)) != len(addresses):
         raise TopologyError("two nodes would get the same address")
+
+
+def _check_connected(topology: Topology) -> None:
+    """Every segment must be reachable through routers from the external host's: every
+    host's default route leads there, so a host on a segment cut off from it would have
+    none (nor a way to the control plane)."""
+    start = topology.external.segment
+    reachable = {start, *_first_hops(topology, [start])}
+    cut_off = [s.name for s in topology.segments if s.name not in reachable]
+    if cut_off:
+        raise TopologyError(f"segment(s) {', '.join(cut_off)} cannot be reached through "
+                            f"routers from segment {start}, where the external host is: "
+                            "join them with a router")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,19 @@ class NetworkConfig:
         }
 
 
+def whole_number(what: str, value: object, error: type[ValueError]) -> int:
+    """`value` if it is a JSON integer, else `error` saying what it is instead. The type is
+    judged before any range, so "out of range" is only ever said of a real number; true and
+    false are not numbers (a bool is an int in Python)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        quoted = isinstance(value, str) and value.strip().lstrip("+-").isdigit()
+        raise error(f"{what} {value!r} is not a number" +
+                    (" (a string: write it without quotes)" if quoted else ""))
+    if isinstance(value, float):
+        raise error(f"{what} {value!r} is not an integer")
+    return value
+
+
 def _address(data: dict, key: str) -> ipaddress.IPv4Address | None:
     if key not in data:
         return None
@@ -83,8 +96,7 @@ def parse_network_config(raw: bytes | str | dict) -> NetworkConfig:
     subnet_len = data.get("SubnetLen")
     if subnet_len is None:
         subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
-    if not isinstance(subnet_len, int) or isinstance(subnet_len, bool):
-        raise NetworkConfigError(f"SubnetLen {subnet_len!r} is not an integer")
+    subnet_len = whole_number("SubnetLen", subnet_len, NetworkConfigError)
     if subnet_len > MAX_SUBNET_LEN:
         raise NetworkConfigError(f"SubnetLen /{subnet_len} is over /{MAX_SUBNET_LEN}: "
                                  "no room for a gateway and pods")

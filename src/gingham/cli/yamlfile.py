@@ -1,0 +1,41 @@
+"""Reading a YAML file a user gave us, with failures in one line (PyYAML's own text is a
+multi-line dump with a caret under the spot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from yaml.reader import ReaderError
+
+
+class YamlFileError(ValueError):
+    pass
+
+
+def load_yaml(path: str) -> object:
+    """The document in `path`; YamlFileError `cannot read PATH: line L, column C: problem`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise YamlFileError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise YamlFileError(f"cannot read {path}: not UTF-8 text ({err.reason} at byte "
+                            f"{err.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise YamlFileError(f"cannot read {path}: {_describe(err, text)}") from None
+
+
+def _describe(err: yaml.YAMLError, text: str) -> str:
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        line, column = err.problem_mark.line, err.problem_mark.column
+        what = f"{err.problem}" + (f" ({err.context})" if err.context else "")
+    elif isinstance(err, ReaderError):  # a character YAML does not allow; only an offset
+        line = text.count("\n", 0, err.position)
+        column = err.position - (text.rfind("\n", 0, err.position) + 1)
+        what = str(err).partition("\n")[0]
+    else:
+        return " ".join(str(err).split())
+    return f"line {line + 1}, column {column + 1}: {what}"
