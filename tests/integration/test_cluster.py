@@ -114,15 +114,15 @@ def test_restart_keeps_subnet_and_touches_no_route(make_lab):
     try:
         time.sleep(0.2)
         record = lab.files.load()
-        procs.stop_pids([record.agents["node1"]])
+        procs.stop_pids([record.supervisors["node1"]])
         assert gingham_routes(lab, "node1") == before, "routes stay while the agent is down"
         assert lab.pings("node1", pod.ip)
         with lab.files.locked():
             record = lab.files.load()
-            record.agents["node1"] = cluster.start_agent(lab.files, record,
+            record.supervisors["node1"] = cluster.start_agent(lab.files, record,
                                                          lab.plan.node("node1"))
             lab.files.save(record)
-        cluster.wait_for_agent(lab.files, "node1", record.agents["node1"])
+        cluster.wait_for_agent(lab.files, "node1", record.supervisors["node1"])
         time.sleep(0.5)  # let the sync loop run its full resync
     finally:
         monitor.send_signal(signal.SIGTERM)

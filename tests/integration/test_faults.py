@@ -145,31 +145,30 @@ def reap(pid: int) -> None:
 
 
 def kill_agent(lab, node: str, sig: int = signal.SIGKILL) -> None:
-    pid = lab.files.load().agents[node]
-    os.kill(pid, sig)
-    wait_for(f"agent of {node} to exit", lambda: not procs.is_alive(pid), 10)
-    reap(pid)
+    """The node's agent service dies: its supervisor, then the agent, both by `sig`, so
+    nothing restarts the agent until start_agent."""
+    supervisor = lab.files.load().supervisors[node]
+    pid = cluster.supervisor_state(lab.files, node)["agentPid"]
+    for each in (supervisor, pid):
+        os.kill(each, sig)
+        wait_for(f"{each} of {node} to exit", lambda p=each: not procs.is_alive(p), 10)
+        reap(each)
 
 
 def start_agent(lab, node: str, *, store_args: list[str] | None = None,
                 wait: bool = True) -> int:
     """(Re)start the node's agent as the lab does, with other datastore flags if given; the
-    PID is recorded so the lab's teardown stops it whatever happens."""
+    supervisor's PID is recorded so the lab's teardown stops it whatever happens."""
     with lab.files.locked():
         record = lab.files.load()
         plan_node = cluster.plan_of(record).node(node)
-        if store_args is None:
-            pid = cluster.start_agent(lab.files, record, plan_node)
-        else:
-            argv = cluster.agent_argv(lab.files, record, plan_node)
+        argv = cluster.agent_argv(lab.files, record, plan_node)
+        if store_args is not None:
             standard = control.agent_store_args(record)
             at = next(i for i in range(len(argv)) if argv[i:i + len(standard)] == standard)
             argv[at:at + len(standard)] = store_args
-            lab.files.agent_socket(node).unlink(missing_ok=True)
-            with open(lab.files.agent_log(node), "ab") as log:
-                pid = procs.popen_in(lab.netns(node), argv, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=log, start_new_session=True).pid
-        record.agents[node] = pid
+        pid = cluster.start_agent(lab.files, record, plan_node, argv)
+        record.supervisors[node] = pid
         lab.files.save(record)
     if wait:
         cluster.wait_for_agent(lab.files, node, pid)
@@ -286,10 +285,11 @@ def traffic() -> Iterator[list]:
             item.stop()
 
 
-def assert_continuous(pingers: list[Pinger], stream: TcpStream | None = None) -> None:
+def assert_continuous(pingers: list[Pinger], stream: TcpStream | None = None,
+                      max_lost: int = MAX_LOST) -> None:
     tallies = {p.what: p.stop() for p in pingers}
     for what, (sent, received) in tallies.items():
-        assert sent >= 20 and sent - received <= MAX_LOST, f"{what}: {tallies}"
+        assert sent >= 20 and sent - received <= max_lost, f"{what}: {tallies}"
     if stream is not None:
         stream.stop()
         assert not stream.errors, stream.errors
@@ -329,7 +329,7 @@ def test_agents_killed_mid_traffic_break_no_path_and_keep_their_subnets(
     for node in nodes:
         start_agent(lab, node, wait=False)
     for node in nodes:
-        cluster.wait_for_agent(lab.files, node, lab.files.load().agents[node])
+        cluster.wait_for_agent(lab.files, node, lab.files.load().supervisors[node])
         st = wait_for(f"{node} rejoined", lambda n=node: joined_since(lab, n, since))
         assert st["subnet"] == SUBNET[node] and st["problems"] == []
         assert routes(lab, node) == expected_routes(node, nodes)
@@ -717,3 +717,118 @@ def test_corrupt_leases_are_reported_and_routes_stay(make_lab, cli, datastore):
                  == expected_routes(n, ["node1", "node2"]))
     assert leases_by_node(lab) == {"node1": [SUBNET["node1"]], "node2": [SUBNET["node2"]]}
     assert lab.pings("default/a", e) and lab.pings("default/c", a)
+
+
+# -- 5. supervised agents: a crash is answered, and costs the pods nothing --------------
+
+
+def agent_pid(lab, node: str) -> int | None:
+    return cluster.supervisor_state(lab.files, node).get("agentPid")
+
+
+@pytest.mark.parametrize(("datastore", "backend"), [("embedded", "host-gw"),
+                                                    ("etcd", "vxlan")])
+def test_a_killed_agent_is_restarted_by_its_supervisor_and_no_packet_is_lost(
+        make_lab, cli, traffic, datastore, backend):
+    lab = make_lab(2, datastore=datastore, backend=backend)
+    a = lab.add_pod("node1", "default/a").ip
+    c = lab.add_pod("node2", "default/c").ip
+    traffic += [Pinger(lab, "default/a", c), Pinger(lab, "node2", a),
+                Pinger(lab, "default/c", a)]
+    stream = TcpStream(lab, "default/c", "default/a", a)
+    traffic.append(stream)
+    time.sleep(0.5)
+    before = agent_pid(lab, "node1")
+    with control.lab_registry(lab.files.load()) as registry:
+        lease_before = {x.attrs.node_name: x.subnet for x in registry.leases().leases}
+
+    os.kill(before, signal.SIGKILL)
+    after = wait_for("the supervisor to start a new agent",
+                     lambda: (p := agent_pid(lab, "node1")) not in (None, before) and p)
+    cluster.wait_for_agent(lab.files, "node1", lab.files.load().supervisors["node1"], exits=1)
+    wait_for("node1 rejoined", lambda: joined_since(lab, "node1", time.time() - 5))
+    time.sleep(1.0)
+    assert_continuous(traffic[:3], stream, max_lost=0)
+
+    shown = json.loads(cli("lab", "status", "--name", lab.name, "--json").stdout)["nodes"][0]
+    assert (shown["agent"], shown["agentPid"], shown["restarts"], shown["lastExit"]) == \
+        ("running", after, 1, "killed by SIGKILL")
+    table = cli("lab", "status", "--name", lab.name).stdout.splitlines()
+    assert table[2].split()[5:7] == [str(after), "1"], table
+    # It took its lease back and its pods' addresses: a new pod gets a new address.
+    with control.lab_registry(lab.files.load()) as registry:
+        assert {x.attrs.node_name: x.subnet for x in registry.leases().leases} == lease_before
+    b = lab.add_pod("node1", "default/b").ip
+    assert b != a and ipaddress.ip_address(b) in lease_before["node1"]
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
+
+
+def test_node_restart_restarts_on_purpose_and_changes_no_route(make_lab, cli, traffic):
+    lab = make_lab(2)
+    a = lab.add_pod("node1", "default/a").ip
+    c = lab.add_pod("node2", "default/c").ip
+    before = agent_pid(lab, "node1")
+    pinger = Pinger(lab, "default/c", a)
+    traffic.append(pinger)
+    monitor = subprocess.Popen(["ip", "-4", "-n", lab.netns("node1"), "monitor", "route"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        restarted = cli("lab", "node", "restart", "--name", lab.name, "node1")
+        assert restarted.returncode == 0, restarted.stderr
+        time.sleep(1.5)
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        changes = monitor.communicate(timeout=5)[0]
+    assert changes == "", f"a restart changed routes: {changes}"
+    pid = int(restarted.stdout)
+    assert pid != before and pid == agent_pid(lab, "node1")
+    assert_continuous([pinger], max_lost=0)
+    state = cluster.supervisor_state(lab.files, "node1")
+    assert state["restarts"] == 1 and state["lastExit"].startswith("restarted on purpose")
+    assert lab.pings("default/a", c)
+    unknown = cli("lab", "node", "restart", "--name", lab.name, "node9")
+    assert unknown.returncode == 1 and "has no node 'node9'" in unknown.stderr
+
+
+def test_check_fails_while_an_agent_is_down_or_reports_a_problem(make_lab, cli):
+    lab = make_lab(2)
+    lab.add_pod("node1", "default/a")
+    lab.add_pod("node2", "default/c")
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
+    # Down: the pods still reach each other (routes stay), but the check says who is down.
+    assert cli("lab", "node", "stop", "--name", lab.name, "node2").returncode == 0
+    down = cli("lab", "check", "--name", lab.name)
+    assert down.returncode == 1 and "reachable" in down.stdout
+    assert down.stderr.strip() == ("gingham: error: agent not running on node2 (down, last "
+                                   "exited with code 0)"), down.stderr
+    report = json.loads(cli("lab", "check", "--name", lab.name, "--json").stdout)
+    assert report["ok"] is False and report["agentsDown"] == ["node2"]
+    table = cli("lab", "status", "--name", lab.name).stdout.splitlines()
+    assert table[3].split()[3:7] == ["-", "down", "-", "0"], table
+    started = cli("lab", "node", "start", "--name", lab.name, "node2")
+    assert started.returncode == 0, started.stderr
+    again = cli("lab", "node", "start", "--name", lab.name, "node2")
+    assert again.returncode == 1 and "running already" in again.stderr
+    wait_for("node2 synced", lambda: status_ok(lab, "node2"))
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
+
+    # A problem: a lease someone wrote by hand into node1's subnet.
+    intruder = LeaseAttrs(ipaddress.IPv4Address("192.168.50.99"), "host-gw", "intruder")
+    with control.lab_registry(lab.files.load()) as registry:
+        registry.store.put(subnet_key(registry.prefix, ipaddress.ip_network("10.244.1.16/28")),
+                           intruder.encode())
+    wait_for("node2 to report the overlap", lambda: status(lab, "node2")["problems"])
+    troubled = cli("lab", "check", "--name", lab.name)
+    assert troubled.returncode == 1
+    assert "problems reported by node1, node2" in troubled.stderr, troubled.stderr
+    assert "overlaps the earlier lease 10.244.1.0/24 of node1; not routed" in troubled.stdout
+    # The intruder is never routed, and node1 is not cut off by it.
+    assert "10.244.1.16/28" not in routes(lab, "node2")
+    assert routes(lab, "node2") == expected_routes("node2", ["node1", "node2"])
+    assert lab.pings("default/c", lab.files.load().pods["default/a"].ip)
+
+
+def status_ok(lab, node: str) -> bool:
+    st = status(lab, node)
+    return st.get("datastore") == "ok" and st.get("peers") == 1 and not st.get("problems")

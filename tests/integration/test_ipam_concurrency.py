@@ -122,12 +122,12 @@ def test_reservations_survive_an_agent_restart(lab, pod_namespaces) -> None:
     node = lab.plan.node("node1")
     with lab.files.locked():
         record = lab.files.load()
-        pid = record.agents["node1"]
+        pid = record.supervisors["node1"]
         procs.stop_pids([pid])
         assert not procs.is_alive(pid)
-        record.agents["node1"] = cluster.start_agent(lab.files, record, node)
+        record.supervisors["node1"] = cluster.start_agent(lab.files, record, node)
         lab.files.save(record)  # so teardown stops the new agent
-    cluster.wait_for_agent(lab.files, "node1", record.agents["node1"])
+    cluster.wait_for_agent(lab.files, "node1", record.supervisors["node1"])
 
     assert plugin.reservations() == before
     assert all(map(plugin.pings_gateway, old))  # the restart disturbed no pod

@@ -134,21 +134,24 @@ def test_pod_list_table_and_json(built):
 
 def test_status_table_and_json(built):
     lab, _ = built
-    pid = lab.files.load().agents["node1"]
+    supervisor = lab.files.load().supervisors["node1"]
+    pid = cluster.supervisor_state(lab.files, "node1")["agentPid"]
     table = lab.gingham("status")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0] == (f"lab {lab.name}: pod CIDR 10.244.0.0/16, backend host-gw, datastore "
                         f"embedded, ip-masq on, underlay 192.168.50.0/24, external {EXTERNAL}")
     assert lines[1].split() == ["NODE", "ADDRESS", "POD", "SUBNET", "DATASTORE", "AGENT", "PID",
-                                "PODS"]
-    assert lines[2].split() == ["node1", NODE1, "10.244.1.0/24", "ok", "running", str(pid), "3"]
+                                "RESTARTS", "PODS"]
+    assert lines[2].split() == ["node1", NODE1, "10.244.1.0/24", "ok", "running", str(pid), "0",
+                                "3"]
     status = json.loads(lab.gingham("status", "--json").stdout)
     assert status == {
         "name": lab.name, "podCidr": "10.244.0.0/16", "external": EXTERNAL,
         "datastore": "embedded", "backend": "host-gw", "ipMasq": True,
         "nodes": [{"name": "node1", "address": NODE1, "podSubnet": "10.244.1.0/24",
                    "datastore": "ok", "agentPid": pid, "agent": "running", "pods": 3,
+                   "restarts": 0, "lastExit": None, "supervisorPid": supervisor,
                    "problems": []}],
     }
 
@@ -290,7 +293,7 @@ def test_pods_whose_namespace_names_clash_are_refused(lab):
 
 
 def test_failed_pod_add_leaves_nothing_behind(lab):
-    agent = lab.files.load().agents["node1"]
+    agent = lab.files.load().supervisors["node1"]
     procs.stop_pids([agent])  # the gingham plugin now fails: its agent is gone
     failed = lab.gingham("pod", "add", "node1", "default/x", "--port", "8080:80")
     assert_one_line_error(failed, "gingham ADD failed", "agent unreachable")
@@ -315,7 +318,7 @@ def test_pod_add_over_a_stale_namespace_fails_and_leaves_it_alone(lab):
 def test_down_removes_the_lab_and_is_idempotent(cli, lab_name):
     assert cli("lab", "up", "--name", lab_name).returncode == 0
     assert cli("lab", "pod", "add", "--name", lab_name, "node1", "default/a").returncode == 0
-    agent = LabFiles(lab_name).load().agents["node1"]
+    agent = LabFiles(lab_name).load().supervisors["node1"]
     first = cli("lab", "down", "--name", lab_name)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == f"lab {lab_name}: removed 4 namespaces"
@@ -334,8 +337,11 @@ def test_down_after_the_agent_crashed(cli, lab_name):
     add = cli("lab", "pod", "add", "--name", lab_name, "node1", "default/a",
                   "--port", "8080:80", "--ingress-rate", "10M")
     assert add.returncode == 0, add.stderr
-    agents = LabFiles(lab_name).load().agents
-    os.kill(agents["node1"], signal.SIGKILL)
+    files = LabFiles(lab_name)
+    supervisors = files.load().supervisors
+    agents = {node: cluster.supervisor_state(files, node)["agentPid"] for node in supervisors}
+    for pid in (supervisors["node1"], agents["node1"]):  # the whole agent service crashed
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while procs.is_alive(agents["node1"]) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -345,7 +351,7 @@ def test_down_after_the_agent_crashed(cli, lab_name):
     assert down.returncode == 0, down.stderr
     assert not lab_namespaces(lab_name)
     assert not LabFiles(lab_name).dir.exists()
-    assert not any(procs.is_alive(pid) for pid in agents.values())
+    assert not any(procs.is_alive(pid) for pid in [*agents.values(), *supervisors.values()])
 
 
 def test_down_after_a_half_built_up(cli, lab_name):
@@ -392,6 +398,34 @@ def test_failed_up_removes_what_it_built(lab_name, monkeypatch):
                                   "agent of node1 exited during start: ERROR no uplink eth9")
     assert not lab_namespaces(lab_name)
     assert not LabFiles(lab_name).dir.exists()
+
+
+def test_failed_node_add_removes_what_it_added(make_lab, monkeypatch):
+    lab = make_lab(1)
+    pod = lab.add_pod("node1", "default/a")
+    real_argv = cluster.agent_argv
+
+    def broken_for_node2(files, record, node):
+        if node.name != "node2":
+            return real_argv(files, record, node)
+        return [sys.executable, "-c",
+                "import sys; print('ERROR no uplink eth9', file=sys.stderr); sys.exit(1)"]
+
+    monkeypatch.setattr(cluster, "agent_argv", broken_for_node2)
+    with pytest.raises(cluster.LabError) as failure:
+        cluster.add_node(lab.name, lab.files)
+    assert str(failure.value) == ("lab node add failed, node2 removed: agent of node2 exited "
+                                  "during start: ERROR no uplink eth9")
+    record = lab.files.load()
+    assert [n["name"] for n in record.plan["nodes"]] == ["node1"]
+    assert list(record.supervisors) == ["node1"]
+    assert not procs.list_netns(lab.netns("node2"))
+    assert not lab.files.node_dir("node2").exists()
+    assert "node2" not in lab.run("underlay", "ip", "-o", "link", "show").stdout
+    # The lab goes on as before, and the next node add takes the name again.
+    monkeypatch.setattr(cluster, "agent_argv", real_argv)
+    assert cluster.add_node(lab.name, lab.files).name == "node2"
+    assert lab.pings("node2", pod.ip)
 
 
 # -- several labs, and failures `check` must see ---------------------------------------

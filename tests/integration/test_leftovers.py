@@ -80,7 +80,7 @@ def test_full_run_leaves_nothing_behind(cli, lab_name):
     namespaces = procs.list_netns(f"{lab_name}-")
     assert len(namespaces) == 3 + 3
     inodes = {os.stat(procs.netns_path(ns)).st_ino for ns in namespaces}
-    pids = set(record.agents.values()) | {s.pid for s in sleepers}
+    pids = set(record.supervisors.values()) | {s.pid for s in sleepers}
     deadline = time.monotonic() + 10
     while (not all(_inode(PROC / str(s.pid) / "ns" / "net") in inodes for s in sleepers)
            and time.monotonic() < deadline):

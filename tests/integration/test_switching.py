@@ -5,7 +5,6 @@ by hand after a Flannel switch, done by the agents."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -85,9 +84,9 @@ def test_a_switch_made_while_an_agent_is_down_is_cleaned_up_at_its_start(switchi
     wait_converged(lab, "flannel.1")
     with lab.files.locked():
         record = lab.files.load()
-        procs.stop_pids([record.agents["node3"]])
+        procs.stop_pids([record.supervisors["node3"]])
         set_backend(lab, cli, tmp_path, {"Type": "host-gw"})
-        record.agents["node3"] = cluster.start_agent(lab.files, record, lab.plan.node("node3"))
+        record.supervisors["node3"] = cluster.start_agent(lab.files, record, lab.plan.node("node3"))
         lab.files.save(record)
     wait_converged(lab, "eth0")
 
@@ -125,14 +124,12 @@ def start_agent_without_tun(lab, node: str) -> int:
     with the agent."""
     with lab.files.locked():
         record = lab.files.load()
-        argv = cluster.agent_argv(lab.files, record, lab.plan.node(node))
-        lab.files.agent_socket(node).unlink(missing_ok=True)
-        with open(lab.files.agent_log(node), "ab") as log:
-            pid = procs.popen_in(lab.netns(node), [
-                "unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount -t tmpfs none /dev/net && exec "$@"', "sh", *argv],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True).pid
-        record.agents[node] = pid
+        plan_node = lab.plan.node(node)
+        argv = cluster.agent_argv(lab.files, record, plan_node)
+        pid = cluster.start_agent(lab.files, record, plan_node, [
+            "unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs none /dev/net && exec "$@"', "sh", *argv])
+        record.supervisors[node] = pid
         lab.files.save(record)
     cluster.wait_for_agent(lab.files, node, pid)
     return pid
@@ -151,7 +148,7 @@ def test_a_node_without_tun_refuses_udp_clearly_and_its_pods_keep_working(make_l
     lab = make_lab(2, backend="host-gw")
     a, b = lab.add_pod("node1", "default/a"), lab.add_pod("node1", "default/b")
     with lab.files.locked():
-        procs.stop_pids([lab.files.load().agents["node1"]])
+        procs.stop_pids([lab.files.load().supervisors["node1"]])
     start_agent_without_tun(lab, "node1")
     set_backend(lab, cli, tmp_path, {"Type": "udp"})
     # The switch is refused before the working backend is touched: node1 stays host-gw
@@ -165,7 +162,7 @@ def test_a_node_without_tun_refuses_udp_clearly_and_its_pods_keep_working(make_l
     assert lab.pings("default/a", "192.168.50.254")  # out through the node, as before
     # Started on that config, the agent says why it cannot join, and tears nothing down.
     with lab.files.locked():
-        procs.stop_pids([lab.files.load().agents["node1"]])
+        procs.stop_pids([lab.files.load().supervisors["node1"]])
     log_at = lab.files.agent_log("node1").stat().st_size
     start_agent_without_tun(lab, "node1")
     deadline = time.monotonic() + 8

@@ -61,7 +61,7 @@ def test_a_stopped_agent_leaves_no_tun_device(tunnel_lab):
     backend, lab = tunnel_lab
     device = WIRE[backend][0]
     record = lab.files.load()
-    pid = record.agents["node2"]
+    pid = record.supervisors["node2"]
     procs.stop_pids([pid])
     deadline = time.monotonic() + 3  # the kernel unregisters it just after the fd closes
     while lab.run("node2", "ip", "link", "show", device, check=False).returncode == 0:
@@ -71,9 +71,9 @@ def test_a_stopped_agent_leaves_no_tun_device(tunnel_lab):
 
     with lab.files.locked():
         record = lab.files.load()
-        record.agents["node2"] = cluster.start_agent(lab.files, record, lab.plan.node("node2"))
+        record.supervisors["node2"] = cluster.start_agent(lab.files, record, lab.plan.node("node2"))
         lab.files.save(record)
-    cluster.wait_for_agent(lab.files, "node2", record.agents["node2"])
+    cluster.wait_for_agent(lab.files, "node2", record.supervisors["node2"])
     deadline = time.monotonic() + 5
     while not lab.pings("default/node1", lab.files.load().pods["default/node2"].ip):
         assert time.monotonic() < deadline, "the restarted agent's tunnel never carried"

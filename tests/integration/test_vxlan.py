@@ -112,11 +112,11 @@ def test_vtep_mac_is_stable_across_agent_restarts(make_lab):
     before = vtep(lab, "node1")["address"], lease_data(lab)["node1"]["VtepMAC"]
     with lab.files.locked():
         record = lab.files.load()
-        procs.stop_pids([record.agents["node1"]])
+        procs.stop_pids([record.supervisors["node1"]])
         lab.run("node1", "ip", "link", "del", "flannel.1")  # even a re-created VTEP
-        record.agents["node1"] = cluster.start_agent(lab.files, record, lab.plan.node("node1"))
+        record.supervisors["node1"] = cluster.start_agent(lab.files, record, lab.plan.node("node1"))
         lab.files.save(record)
-    cluster.wait_for_agent(lab.files, "node1", record.agents["node1"])
+    cluster.wait_for_agent(lab.files, "node1", record.supervisors["node1"])
     # A restarted agent serves its previous subnet at once and re-creates its VTEP and
     # peers just after: wait for node1's way back to node2, which comes last.
     deadline = time.monotonic() + 3

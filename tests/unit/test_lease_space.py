@@ -26,8 +26,9 @@ from gingham.subnet.space import (
 N = ipaddress.IPv4Network
 
 
-def lease(subnet: str, node: str = "n") -> Lease:
-    return Lease(N(subnet), LeaseAttrs(ipaddress.IPv4Address("192.168.50.11"), "host-gw", node))
+def lease(subnet: str, node: str = "n", created: int = 0) -> Lease:
+    return Lease(N(subnet), LeaseAttrs(ipaddress.IPv4Address("192.168.50.11"), "host-gw", node),
+                 create_revision=created)
 
 
 def test_a_candidate_inside_a_larger_lease_is_not_free():
@@ -73,16 +74,20 @@ def test_misfit_names_the_reason():
         == ["10.244.9.0/24 of b is outside SubnetMin 10.244.10.0 .. SubnetMax 10.244.20.0"]
 
 
-def test_overlapping_leases_are_not_routed_and_are_reported():
+def test_of_overlapping_leases_the_first_is_routed_and_the_others_reported():
     own = N("10.244.1.0/24")
-    leases = [lease("10.244.1.0/24", "me"), lease("10.244.1.16/28", "intruder"),
-              lease("10.244.2.0/24", "b"), lease("10.244.2.64/26", "c"),
-              lease("10.244.3.0/24", "d")]
+    leases = [lease("10.244.1.0/24", "me", 5), lease("10.244.1.16/28", "intruder", 9),
+              lease("10.244.2.64/26", "c", 12), lease("10.244.2.0/24", "b", 7),
+              lease("10.244.2.128/25", "e", 3), lease("10.244.3.0/24", "d", 8)]
     keep, problems = routable(own, leases)
-    assert [x.attrs.node_name for x in keep] == ["me", "d"]
-    assert len(problems) == 3 and all("overlaps another lease; not routed" in p
-                                      for p in problems)
-    assert any("10.244.1.16/28 of intruder" in p for p in problems)
+    # c overlaps only b, which is not routed: c's addresses are c's alone.
+    assert sorted(x.attrs.node_name for x in keep) == ["c", "d", "e", "me"]
+    assert sorted(problems) == [
+        "lease 10.244.1.16/28 of intruder overlaps the earlier lease 10.244.1.0/24 of this "
+        "node; not routed (delete one of them)",
+        "lease 10.244.2.0/24 of b overlaps the earlier lease 10.244.2.128/25 of e; not routed "
+        "(delete one of them)"]
+    assert routable(own, leases[3:4]) == (leases[3:4], [])
 
 
 @pytest.fixture
@@ -103,7 +108,7 @@ def test_config_set_refuses_a_config_that_strands_a_lease(registry):
     with pytest.raises(ConfigRefused, match=r"10.244.1.0/24 of node1 is a /24, not a /28"):
         change_config(registry, json.dumps({"Network": "10.244.0.0/16", "SubnetLen": 28,
                                             "SubnetMin": "10.244.1.0"}))
-    with pytest.raises(ConfigRefused, match="outside Network 10.245.0.0/16"):
+    with pytest.raises(ConfigRefused, match=r"outside Network 10.245.0.0/16"):
         change_config(registry, json.dumps({"Network": "10.245.0.0/16"}))
     assert registry.get_config().subnet_len == 24  # nothing stored
     # A change every lease fits is stored.

@@ -100,8 +100,12 @@ class ClusterSync:
             if event.type == DELETE:
                 leases.pop(subnet, None)
             else:
-                leases[subnet] = self.registry.decode_lease(event.key, event.value,
-                                                            event.revision)
+                known = leases.get(subnet)
+                # A key new to the picture was created by this event; a known one keeps
+                # the creation it was listed or first seen with.
+                leases[subnet] = self.registry.decode_lease(
+                    event.key, event.value, event.revision,
+                    create_revision=known.create_revision if known else event.revision)
         except LeaseDataError as err:
             if event.type != DELETE:
                 bad[event.key] = str(err)

@@ -184,19 +184,7 @@ def status(lab: str, as_json: bool) -> None:
     files = LabFiles(lab)
     record = files.load()
     plan = cluster.plan_of(record)
-    nodes = []
-    for n in plan.nodes:
-        agent = cluster.node_status(files, n.name) or {}
-        nodes.append({
-            "name": n.name, "address": str(n.address.ip),
-            "podSubnet": agent.get("subnet") or "-",
-            "datastore": agent.get("datastore", "-"),
-            "agentPid": record.agents.get(n.name),
-            "agent": "running" if cluster.agent_running(files, n.name,
-                                                        record.agents.get(n.name)) else "down",
-            "pods": sum(1 for p in record.pods.values() if p.node == n.name),
-            "problems": agent.get("problems", []),
-        })
+    nodes = node_reports(files, record, plan)
     if as_json:
         click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
                                "datastore": plan.datastore, "backend": plan.backend,
@@ -208,10 +196,32 @@ def status(lab: str, as_json: bool) -> None:
                f"{plan.datastore}, ip-masq {'on' if plan.ip_masq else 'off'}, "
                f"underlay {plan.underlay}, external {plan.external.address.ip}")
     click.echo(format_table([("NODE", "ADDRESS", "POD SUBNET", "DATASTORE", "AGENT", "PID",
-                              "PODS")] + [
+                              "RESTARTS", "PODS")] + [
         (n["name"], n["address"], n["podSubnet"], n["datastore"], n["agent"],
-         str(n["agentPid"]), str(n["pods"])) for n in nodes]))
+         str(n["agentPid"] or "-"), str(n["restarts"]), str(n["pods"])) for n in nodes]))
     _print_problems({n["name"]: n["problems"] for n in nodes})
+
+
+def node_reports(files, record, plan) -> list[dict]:
+    """Each node as its agent and its supervisor report it. A down agent's status.json is
+    its last word, so its datastore state is not shown as current."""
+    from gingham.lab import cluster
+
+    nodes = []
+    for n in plan.nodes:
+        agent = cluster.node_status(files, n.name) or {}
+        supervised = cluster.agent_state(files, n.name, record.supervisors.get(n.name))
+        nodes.append({
+            "name": n.name, "address": str(n.address.ip),
+            "podSubnet": agent.get("subnet") or "-",
+            "datastore": agent.get("datastore", "-") if supervised["agent"] == "running"
+            else "-",
+            **supervised,
+            "supervisorPid": record.supervisors.get(n.name),
+            "pods": sum(1 for p in record.pods.values() if p.node == n.name),
+            "problems": agent.get("problems", []) if supervised["agent"] == "running" else [],
+        })
+    return nodes
 
 
 @lab.command()
@@ -228,21 +238,33 @@ def check(lab: str, as_json: bool) -> None:
     plan = cluster.plan_of(record)
     results = checks.run_probes(checks.plan_probes(plan, record))
     failed = sum(1 for r in results if not r.ok)
-    problems = {n.name: (cluster.node_status(files, n.name) or {}).get("problems", [])
-                for n in plan.nodes}
+    nodes = node_reports(files, record, plan)
+    problems = {n["name"]: n["problems"] for n in nodes}
+    down = [f"{n['name']} ({n['agent']}" + (f", last {n['lastExit']}" if n["lastExit"] else "")
+            + ")" for n in nodes if n["agent"] != "running"]
+    troubled = [n["name"] for n in nodes if n["problems"]]
     if as_json:
-        click.echo(json.dumps({"ok": failed == 0, "results": [r.to_json() for r in results],
+        click.echo(json.dumps({"ok": failed == 0 and not down and not troubled,
+                               "results": [r.to_json() for r in results],
+                               "agentsDown": [n["name"] for n in nodes
+                                              if n["agent"] != "running"],
                                "problems": problems}, indent=2))
     else:
         click.echo(format_table(checks.table_rows(results)))
         click.echo(f"{len(results) - failed}/{len(results)} reachable")
         _print_problems(problems)
     # The verdict also goes to stderr, so a failing check says why even with --json.
+    verdict = []
     if not results:
-        click.echo(f"gingham: error: lab {lab} has no pods to check", err=True)
-        sys.exit(1)
+        verdict.append(f"lab {lab} has no pods to check")
     if failed:
-        click.echo(f"gingham: error: {failed} of {len(results)} probes failed", err=True)
+        verdict.append(f"{failed} of {len(results)} probes failed")
+    if down:
+        verdict.append("agent not running on " + ", ".join(down))
+    if troubled:
+        verdict.append("problems reported by " + ", ".join(troubled))
+    if verdict:
+        click.echo(f"gingham: error: {'; '.join(verdict)}", err=True)
         sys.exit(1)
 
 
@@ -270,6 +292,37 @@ def node_add(lab: str, segment: str | None) -> None:
     from gingham.lab import cluster
 
     click.echo(cluster.add_node(lab, segment=segment).name)
+
+
+@node.command("restart")
+@lab_name_option
+@click.argument("name")
+def node_restart(lab: str, name: str) -> None:
+    """Restart a node's agent now; prints the new agent's PID once it has resynced. Routes,
+    rules and pods stay as they are meanwhile."""
+    from gingham.lab import cluster
+
+    click.echo(cluster.restart_agent(LabFiles(lab), name))
+
+
+@node.command("stop")
+@lab_name_option
+@click.argument("name")
+def node_stop(lab: str, name: str) -> None:
+    """Stop a node's agent and its supervisor (nothing restarts it); its routes stay."""
+    from gingham.lab import cluster
+
+    cluster.stop_agent(LabFiles(lab), name)
+
+
+@node.command("start")
+@lab_name_option
+@click.argument("name")
+def node_start(lab: str, name: str) -> None:
+    """Start a stopped node's agent under a supervisor; prints its PID once it serves."""
+    from gingham.lab import cluster
+
+    click.echo(cluster.resume_agent(LabFiles(lab), name))
 
 
 @node.command("del")

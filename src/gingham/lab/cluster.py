@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -94,31 +95,55 @@ def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
     ]
 
 
-def start_agent(files: LabFiles, record: LabRecord, node: NodePlan) -> int:
+def start_agent(files: LabFiles, record: LabRecord, node: NodePlan,
+                argv: list[str] | None = None) -> int:
+    """Start the node's agent (`argv`, default agent_argv) under a supervisor, which restarts
+    it whenever it exits; returns the supervisor's PID, which the caller records."""
     files.node_dir(node.name).mkdir(parents=True, exist_ok=True)
     files.agent_socket(node.name).unlink(missing_ok=True)
+    state = files.supervisor_state(node.name)
+    state.unlink(missing_ok=True)
     with open(files.agent_log(node.name), "ab") as logfile:
         proc = procs.popen_in(netns_name(record.name, node.name),
-                              agent_argv(files, record, node),
+                              [sys.executable, "-m", "gingham.lab.supervisor", str(state), "--",
+                               *(argv or agent_argv(files, record, node))],
                               stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
                               start_new_session=True)
     return proc.pid
 
 
-def wait_for_agent(files: LabFiles, node: str, pid: int,
-                   timeout: float = AGENT_READY_TIMEOUT) -> None:
+def supervisor_state(files: LabFiles, node: str) -> dict:
+    """What the node's supervisor says: agentPid, restarts, exits, lastExit ({} if none)."""
+    try:
+        return json.loads(files.supervisor_state(node).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def wait_for_agent(files: LabFiles, node: str, supervisor: int, exits: int = 0,
+                   timeout: float = AGENT_READY_TIMEOUT) -> int:
+    """Until the agent started after `exits` exits serves CNI calls; returns its PID. An
+    agent that exits meanwhile fails the wait with its last log line (the supervisor would
+    only start it again)."""
     path = str(files.agent_socket(node))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not procs.is_alive(pid):
+        state = supervisor_state(files, node)
+        if state.get("exits", 0) > exits:
             raise LabError(f"agent of {node} exited during start: "
                            f"{_last_line(files.agent_log(node))}")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.connect(path)
-            return
-        except OSError:
-            time.sleep(0.05)
+        if not procs.is_alive(supervisor):
+            raise LabError(f"the supervisor of {node}'s agent exited: "
+                           f"{_last_line(files.agent_log(node))}")
+        pid = state.get("agentPid")
+        if pid is not None and state.get("exits", 0) == exits:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(path)
+                return pid
+            except OSError:
+                pass
+        time.sleep(0.05)
     raise LabError(f"agent of {node} not ready after {timeout:.0f}s: "
                    f"{_last_line(files.agent_log(node))}")
 
@@ -177,20 +202,29 @@ def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
     control.write_network_config(plan, record)
     install_plugins(files.bin_dir)
     for node in plan.nodes:
-        record.agents[node.name] = start_agent(files, record, node)
+        record.supervisors[node.name] = start_agent(files, record, node)
         files.save(record)
     for node in plan.nodes:
-        wait_for_agent(files, node.name, record.agents[node.name])
+        wait_for_agent(files, node.name, record.supervisors[node.name])
     wait_for_mesh(files, [n.name for n in plan.nodes])
 
 
-def wait_for_mesh(files: LabFiles, nodes: list[str], timeout: float = AGENT_READY_TIMEOUT) -> None:
+def wait_for_mesh(files: LabFiles, nodes: list[str], timeout: float = AGENT_READY_TIMEOUT,
+                  restarted: tuple[str, float] | None = None) -> None:
     """Until every agent has applied a picture with every other node in it, so a lab is
-    returned with its dataplane programmed, not merely with agents that serve."""
+    returned with its dataplane programmed, not merely with agents that serve.
+    `restarted` (node, time): that node's status written before then is its previous
+    agent's, and does not count."""
     deadline = time.monotonic() + timeout
+
+    def synced(node: str) -> bool:
+        status = node_status(files, node) or {}
+        fresh = restarted is None or node != restarted[0] or \
+            status.get("updated", 0) >= restarted[1]
+        return status.get("peers", -1) >= len(nodes) - 1 and fresh
+
     while True:
-        behind = [n for n in nodes
-                  if (node_status(files, n) or {}).get("peers", -1) < len(nodes) - 1]
+        behind = [n for n in nodes if not synced(n)]
         if not behind:
             return
         if time.monotonic() > deadline:
@@ -208,7 +242,8 @@ def node_status(files: LabFiles, node: str) -> dict | None:
 
 
 def add_node(lab: str, files: LabFiles | None = None, segment: str | None = None) -> NodePlan:
-    """A new node on `segment` (default: the first), running an agent that joins."""
+    """A new node on `segment` (default: the first), running an agent that joins. If it
+    fails, whatever it added (namespace, agent, lease, files) is removed, as by `node del`."""
     files = files or LabFiles(lab)
     with files.locked():
         record = files.load()
@@ -217,32 +252,43 @@ def add_node(lab: str, files: LabFiles | None = None, segment: str | None = None
         node = plan.nodes[-1]
         record.plan = _plan_json(plan)  # recorded first: `down` finds a half-added node
         files.save(record)
-    procs.add_netns(netns_name(lab, node.name))
-    underlay.wire_host(plan, node)
-    with files.locked():
-        record = files.load()
-        record.agents[node.name] = start_agent(files, record, node)
-        files.save(record)
-    wait_for_agent(files, node.name, record.agents[node.name])
-    wait_for_mesh(files, [n.name for n in plan.nodes])
+    try:
+        procs.add_netns(netns_name(lab, node.name))
+        underlay.wire_host(plan, node)
+        with files.locked():
+            record = files.load()
+            record.supervisors[node.name] = start_agent(files, record, node)
+            files.save(record)
+        wait_for_agent(files, node.name, record.supervisors[node.name])
+        wait_for_mesh(files, [n.name for n in plan.nodes])
+    except BaseException as err:
+        try:
+            delete_node(lab, node.name, files)
+        except Exception as cleanup:
+            raise LabError(f"lab node add failed ({err}), and so did removing {node.name}: "
+                           f"{cleanup}") from err
+        if isinstance(err, Exception):
+            raise LabError(f"lab node add failed, {node.name} removed: {err}") from err
+        raise
     return node
 
 
 def delete_node(lab: str, name: str, files: LabFiles | None = None) -> None:
     """Stop the node's agent, remove it, its pods and its lease: as a node leaving for good
-    (an operator deleting it), so the other nodes drop their routes to it at once."""
+    (an operator deleting it), so the other nodes drop their routes to it at once. Safe on
+    a half-added node."""
     files = files or LabFiles(lab)
     with files.locked():
         record = files.load()
         plan = plan_of(record).without_node(name)
-        pid = record.agents.pop(name, None)
+        supervisor = record.supervisors.pop(name, None)
         pods = [p for p in record.pods.values() if p.node == name]
         for pod in pods:
             record.pods.pop(pod.ref)
         record.plan = _plan_json(plan)
         files.save(record)
-    if pid is not None and _is_our_agent(files, name, pid):
-        procs.stop_pids([pid])
+    if supervisor is not None and _is_our_supervisor(files, name, supervisor):
+        procs.stop_pids([supervisor])
     for ns in [p.netns for p in pods] + [netns_name(lab, name)]:
         procs.stop_pids(procs.pids_in_netns(ns))
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -254,6 +300,79 @@ def delete_node(lab: str, name: str, files: LabFiles | None = None) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(files.node_dir(name))], check=True)
 
 
+# -- a node's agent, under its supervisor ----------------------------------------------
+
+
+def _supervisor(files: LabFiles, node: str) -> int:
+    pid = files.load().supervisors.get(node)
+    if pid is None or not _is_our_supervisor(files, node, pid):
+        raise LabError(f"the agent of {node} is not supervised (stopped?); "
+                       f"`gingham lab node start {node}` starts it")
+    return pid
+
+
+def restart_agent(files: LabFiles, node: str) -> int:
+    """Stop the node's agent and start it again now; returns the new agent's PID once it
+    serves and has applied every node's lease."""
+    plan_of(files.load()).node(node)
+    supervisor = _supervisor(files, node)
+    before = supervisor_state(files, node)
+    since = time.time()
+    os.kill(supervisor, signal.SIGHUP)
+    pid = wait_for_agent(files, node, supervisor, before.get("exits", 0) + 1)
+    wait_for_mesh(files, [n.name for n in plan_of(files.load()).nodes],
+                  restarted=(node, since))
+    return pid
+
+
+def kill_agent(files: LabFiles, node: str, sig: int = signal.SIGKILL) -> int:
+    """Signal the agent itself (a crash, which its supervisor answers); returns its PID."""
+    _supervisor(files, node)
+    pid = supervisor_state(files, node).get("agentPid")
+    if pid is None:
+        raise LabError(f"the agent of {node} is not running now")
+    os.kill(pid, sig)
+    return pid
+
+
+def stop_agent(files: LabFiles, node: str) -> None:
+    """Stop the node's agent and its supervisor: nothing restarts it until start_agent.
+    Routes and pods stay, as for any agent stop."""
+    with files.locked():
+        record = files.load()
+        supervisor = record.supervisors.pop(node, None)
+        files.save(record)
+    if supervisor is not None and _is_our_supervisor(files, node, supervisor):
+        procs.stop_pids([supervisor], grace=10.0)
+
+
+def resume_agent(files: LabFiles, node: str) -> int:
+    """Start a stopped node's agent under a new supervisor; returns its PID once it serves."""
+    with files.locked():
+        record = files.load()
+        plan_node = plan_of(record).node(node)
+        running = record.supervisors.get(node)
+        if running is not None and _is_our_supervisor(files, node, running):
+            raise LabError(f"the agent of {node} is running already "
+                           f"(`gingham lab node restart {node}` restarts it)")
+        record.supervisors[node] = supervisor = start_agent(files, record, plan_node)
+        files.save(record)
+    return wait_for_agent(files, node, supervisor)
+
+
+def agent_state(files: LabFiles, node: str, supervisor: int | None) -> dict:
+    """For `lab status`: agent (running, restarting or down), its live PID, restarts."""
+    state = supervisor_state(files, node)
+    if supervisor is None or not _is_our_supervisor(files, node, supervisor):
+        return {"agent": "down", "agentPid": None, "restarts": state.get("restarts", 0),
+                "lastExit": state.get("lastExit")}
+    pid = state.get("agentPid")
+    running = pid is not None and procs.is_alive(pid)
+    return {"agent": "running" if running else "restarting",
+            "agentPid": pid if running else None, "restarts": state.get("restarts", 0),
+            "lastExit": state.get("lastExit")}
+
+
 # -- down -----------------------------------------------------------------------------
 
 
@@ -261,14 +380,15 @@ def down(lab: str, files: LabFiles | None = None) -> list[str]:
     """Remove every process, namespace and file of the lab; fine to run on any state."""
     files = files or LabFiles(lab)
     namespaces = procs.list_netns(f"{lab}-")
-    pids: set[int] = set()
     if files.exists():
         try:
             record = files.load()
-            pids |= {pid for node, pid in record.agents.items()
-                     if _is_our_agent(files, node, pid)}
-        except (ValueError, KeyError):
+            # Supervisors first, or they would restart the agents stopped below.
+            procs.stop_pids(sorted(pid for node, pid in record.supervisors.items()
+                                   if _is_our_supervisor(files, node, pid)))
+        except (ValueError, KeyError, TypeError):
             pass  # a corrupt record: the namespaces still say what is ours
+    pids: set[int] = set()
     for ns in namespaces:
         pids |= set(procs.pids_in_netns(ns))
     pids.discard(os.getpid())
@@ -284,19 +404,16 @@ def down(lab: str, files: LabFiles | None = None) -> list[str]:
     return namespaces
 
 
-def _is_our_agent(files: LabFiles, node: str, pid: int) -> bool:
-    """Whether `pid` is still the agent this lab started for `node`. After a crash the PID may
-    be reused, possibly by another lab's agent, so its socket path must be this node's."""
+def _is_our_supervisor(files: LabFiles, node: str, pid: int) -> bool:
+    """Whether `pid` is still the supervisor this lab started for `node`. After a crash the
+    PID may be reused, possibly by another lab's supervisor, so its state path must be this
+    node's."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return (b"gingham.cli.main" in cmdline and b"agent" in cmdline
-            and str(files.agent_socket(node)).encode() in cmdline)
-
-
-def agent_running(files: LabFiles, node: str, pid: int | None) -> bool:
-    return pid is not None and procs.is_alive(pid) and _is_our_agent(files, node, pid)
+    return (b"gingham.lab.supervisor" in cmdline and procs.is_alive(pid)
+            and str(files.supervisor_state(node)).encode() in cmdline)
 
 
 # -- pods -----------------------------------------------------------------------------

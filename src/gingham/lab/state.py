@@ -36,7 +36,7 @@ class PodRecord:
 class LabRecord:
     name: str
     plan: dict
-    agents: dict[str, int] = field(default_factory=dict)  # node -> agent PID
+    supervisors: dict[str, int] = field(default_factory=dict)  # node -> its agent's supervisor
     datastore: dict = field(default_factory=dict)  # kind, path or endpoints+netns+pid
     pods: dict[str, PodRecord] = field(default_factory=dict)  # "ns/pod" -> record
 
@@ -46,6 +46,9 @@ class LabRecord:
     @classmethod
     def from_json(cls, text: str) -> LabRecord:
         data = json.loads(text)
+        # Labs made before agents were supervised recorded agent PIDs; `down` still finds
+        # those agents, in the lab's namespaces.
+        data.pop("agents", None)
         data["pods"] = {k: PodRecord(**v) for k, v in data.get("pods", {}).items()}
         return cls(**data)
 
@@ -73,6 +76,9 @@ class LabFiles:
 
     def agent_log(self, node: str) -> Path:
         return self.node_dir(node) / "agent.log"
+
+    def supervisor_state(self, node: str) -> Path:
+        return self.node_dir(node) / "supervisor.json"
 
     def conf_dir(self, node: str) -> Path:
         return self.node_dir(node) / "net.d"

@@ -82,6 +82,7 @@ class Lease:
     attrs: LeaseAttrs
     mod_revision: int = 0
     store_lease: int = 0  # the datastore lease that keeps it alive
+    create_revision: int = 0  # which of two overlapping leases came first
 
     @property
     def gateway(self) -> ipaddress.IPv4Interface:

@@ -67,9 +67,9 @@ class SubnetRegistry:
     # -- leases ------------------------------------------------------------------------
 
     def decode_lease(self, key: str, value: bytes, mod_revision: int = 0,
-                     store_lease: int = 0) -> Lease:
+                     store_lease: int = 0, create_revision: int = 0) -> Lease:
         return Lease(subnet_of_key(self.prefix, key), LeaseAttrs.decode(value), mod_revision,
-                     store_lease)
+                     store_lease, create_revision)
 
     def leases(self) -> LeaseListing:
         kvs, revision = self.store.range(subnets_prefix(self.prefix))
@@ -79,7 +79,7 @@ class SubnetRegistry:
                 subnet = subnet_of_key(self.prefix, kv.key)
                 listing.taken.add(subnet)
                 listing.leases.append(self.decode_lease(kv.key, kv.value, kv.mod_revision,
-                                                        kv.lease))
+                                                        kv.lease, kv.create_revision))
             except LeaseDataError as err:
                 listing.problems.append(f"{kv.key}: {err}")
         return listing
@@ -97,7 +97,8 @@ class SubnetRegistry:
                                            guard):
             return None
         kv = self.store.get(key)
-        return Lease(subnet, attrs, kv.mod_revision if kv else 0, store_lease)
+        return Lease(subnet, attrs, kv.mod_revision if kv else 0, store_lease,
+                     kv.create_revision if kv else 0)
 
     def delete_lease(self, lease: Lease) -> bool:
         return self.store.compare_and_delete(subnet_key(self.prefix, lease.subnet),

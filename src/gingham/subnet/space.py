@@ -86,17 +86,25 @@ def leases_that_do_not_fit(config: NetworkConfig, leases: Iterable[Lease]) -> li
 
 
 def routable(own: Net, leases: Iterable[Lease]) -> tuple[list[Lease], list[str]]:
-    """The leases a node may route, and a problem for each it may not: a lease that overlaps
-    another (only a store written by hand or by an older version holds such) is never
-    routed, for no route could say which node the shared addresses are on. This node's own
-    subnet stays its own."""
+    """The leases a node may route, and a problem for each it may not. Of leases that
+    overlap (only a store written by hand or by an older version holds such), the one
+    created first is routed and the later ones are not, so an intruding lease can neither
+    take a node's addresses nor cut it off; this node's own subnet stays its own."""
     leases = list(leases)
     clash = overlapping([own, *(lease.subnet for lease in leases)])
-    keep, problems = [], []
-    for lease in leases:
-        if lease.subnet == own or lease.subnet not in clash:
+    if not clash:
+        return leases, []
+    keep = [lease for lease in leases if lease.subnet == own or lease.subnet not in clash]
+    first: list[tuple[Net, str]] = [(own, "this node")]
+    problems = []
+    for lease in sorted((x for x in leases if x.subnet in clash and x.subnet != own),
+                        key=lambda x: (x.create_revision, int(x.subnet.network_address))):
+        older = next((f"{subnet} of {holder}" for subnet, holder in first
+                      if subnet.overlaps(lease.subnet)), None)
+        if older is None:
             keep.append(lease)
+            first.append((lease.subnet, lease.attrs.node_name or "?"))
         else:
             problems.append(f"lease {lease.subnet} of {lease.attrs.node_name or '?'} overlaps "
-                            "another lease; not routed (delete one of them)")
+                            f"the earlier lease {older}; not routed (delete one of them)")
     return keep, problems
