@@ -163,7 +163,9 @@ class RouteMonitor:
 
 
 def agent_pids(files: LabFiles) -> list[int]:
-    return sorted(files.load().agents.values())
+    """The agents themselves (not their supervisors, which sleep in the kernel)."""
+    return sorted(cluster.supervisor_state(files, node)["agentPid"]
+                  for node in files.load().supervisors)
 
 
 def cpu_seconds(pids: list[int]) -> float:

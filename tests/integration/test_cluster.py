@@ -183,3 +183,40 @@ def test_host_gw_refuses_a_next_hop_behind_a_router(make_lab, cli):
     assert "10.244.9.0/24" not in gingham_routes(lab, "node1"), "no half-route"
     status = cli("lab", "status", "--name", lab.name).stdout
     assert why in status and "problems reported by the agents" in status
+
+
+def test_a_config_that_strands_leases_is_refused_and_no_lease_ever_overlaps(make_lab, cli,
+                                                                            tmp_path):
+    """The issue's case: a running 3-node vxlan lab, then SubnetLen 28 from SubnetMin
+    10.244.1.0, inside node1's /24."""
+    lab = make_lab(3, backend="vxlan")
+    small = {"Network": "10.244.0.0/16", "SubnetLen": 28, "SubnetMin": "10.244.1.0",
+             "Backend": {"Type": "vxlan"}}
+    path = tmp_path / "net-conf.json"
+    path.write_text(json.dumps(small))
+    refused = cli("--lab", lab.name, "config", "set", "-f", str(path))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    for k in (1, 2, 3):
+        assert f"10.244.{k}.0/24 of node{k} is a /24, not a /28 (SubnetLen)" in refused.stderr
+    assert json.loads(cli("--lab", lab.name, "config", "show").stdout)["SubnetLen"] == 24
+
+    # Past `config set`, straight into the store (as an older version or a hand could):
+    # the running nodes keep their leases and say why, and a node added now gets a /28
+    # that overlaps none of them.
+    with control.lab_registry(lab.files.load()) as registry:
+        registry.store.put("/gingham/network/config", json.dumps(small).encode())
+    wait_until(lambda: all(any("does not fit this node's lease" in p
+                               for p in cluster.node_status(lab.files, f"node{k}")["problems"])
+                           for k in (1, 2, 3)), timeout=10, step=0.1)
+    added = cli("lab", "node", "add", "--name", lab.name)
+    assert added.returncode == 0, added.stderr
+    assert leases(lab)["10.244.4.0/28"] == "node4"
+    subnets = [ipaddress.ip_network(s) for s in leases(lab)]
+    assert not any(a.overlaps(b) for a in subnets for b in subnets if a != b), subnets
+    pods = [lab.add_pod(f"node{k}", f"default/q{k}") for k in (1, 2, 3, 4)]
+    assert ipaddress.ip_address(pods[3].ip) in ipaddress.ip_network("10.244.4.0/28")
+    for node in ("node1", "node2", "node3", "node4"):
+        routes = [ipaddress.ip_network(d) for d in gingham_routes(lab, node)]
+        assert not any(a.overlaps(b) for a in routes for b in routes if a != b), routes
+    report = json.loads(cli("lab", "check", "--name", lab.name, "--json").stdout)
+    assert [r for r in report["results"] if not r["ok"]] == []
