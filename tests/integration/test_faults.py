@@ -150,7 +150,8 @@ def kill_agent(lab, node: str, sig: int = signal.SIGKILL) -> None:
     supervisor = lab.files.load().supervisors[node]
     pid = cluster.supervisor_state(lab.files, node)["agentPid"]
     for each in (supervisor, pid):
-        os.kill(each, sig)
+        with contextlib.suppress(ProcessLookupError):  # SIGTERM: the supervisor stopped it
+            os.kill(each, sig)
         wait_for(f"{each} of {node} to exit", lambda p=each: not procs.is_alive(p), 10)
         reap(each)
 
