@@ -9,8 +9,6 @@ nothing already programmed is touched.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
 import signal
 import threading
@@ -23,7 +21,7 @@ from gingham.agent.membership import Membership
 from gingham.agent.node import MasqueradeNodes, detect_uplink, reconcile_node
 from gingham.agent.server import PluginServer
 from gingham.agent.status import AgentStatus, StatusFile
-from gingham.dataplane import masquerade, nft
+from gingham.dataplane import masquerade
 from gingham.model.files import parse_subnet_env
 
 log = logging.getLogger("gingham.agent")
@@ -89,7 +87,7 @@ class Agent:
         masq = MasqueradeNodes(config, public_ip)
         # On a restart the table already lists the other nodes: keep them until the first
         # sync says otherwise, else pod traffic to them would be NATed meanwhile.
-        masq.current |= programmed_nodes()
+        masq.current |= masquerade.programmed_nodes()
         reconcile_node(config, mtu, masq.current)
         self.serve(config, mtu)
         self.sync = ClusterSync(m.registry, m.backend, m.own, masq.update, self.status,
@@ -141,23 +139,6 @@ class Agent:
             self.server.stop()
         if self.membership is not None:
             self.membership.close()
-
-
-def programmed_nodes() -> set[ipaddress.IPv4Address]:
-    """The node addresses in this node's masquerade table now (none if there is no table)."""
-    try:
-        objects = nft.list_table(masquerade.FAMILY, masquerade.TABLE) or []
-    except nft.NftError as err:
-        log.warning("cannot read the masquerade table: %s", err)
-        return set()
-    nodes = next((o["set"] for o in objects
-                  if "set" in o and o["set"].get("name") == "nodes"), {})
-    found = set()
-    for elem in nodes.get("elem", []):
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            found.add(ipaddress.IPv4Address(elem if isinstance(elem, str)
-                                            else elem["prefix"]["addr"]))
-    return found
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from pathlib import Path
 
 from gingham.agent.config import CONFLIST_NAME, AgentConfig
 from gingham.dataplane import masquerade, netns, sysctl
@@ -30,18 +31,30 @@ def reconcile_node(config: AgentConfig, mtu: int,
         ensure_bridge(ipr, config.bridge, config.gateway, mtu)
     if sysctl.ensure("net.ipv4.ip_forward", "1"):
         log.info("enabled IPv4 forwarding")
-    masquerade.apply([config.cluster_cidr], node_ips, enabled=config.ip_masq)
-    write_atomically(config.subnet_env, render_subnet_env(config.cluster_cidr, config.gateway,
-                                                          mtu, config.ip_masq))
+    if masquerade.apply([config.cluster_cidr], node_ips, enabled=config.ip_masq):
+        log.info("masquerade table updated (ip-masq %s)", "on" if config.ip_masq else "off")
+    _write_if_changed(config.subnet_env, render_subnet_env(config.cluster_cidr, config.gateway,
+                                                           mtu, config.ip_masq))
     if config.cni_conf_dir is not None:
         conflist = render_conflist(config.network_name, config.bridge, mtu, config.socket_path)
-        write_atomically(config.cni_conf_dir / CONFLIST_NAME, json.dumps(conflist, indent=2))
+        _write_if_changed(config.cni_conf_dir / CONFLIST_NAME, json.dumps(conflist, indent=2))
     log.info("node %s: pods %s on %s, mtu %d", config.node_name, config.pod_subnet,
              config.bridge, mtu)
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """A runtime watching the CNI config directory reloads on every write: write changes only."""
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    write_atomically(path, text)
+
+
 class MasqueradeNodes:
-    """The masquerade table's node set, rewritten only when the set changes."""
+    """The masquerade table's node set: the kernel is asked only when the set changes, and
+    then only the changed elements are written."""
 
     def __init__(self, config: AgentConfig, own: ipaddress.IPv4Address) -> None:
         self.config = config
