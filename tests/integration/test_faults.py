@@ -213,12 +213,16 @@ class Pinger:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stop(self) -> tuple[int, int]:
+        """(sent, answered), leaving out the last echo: ping exits at once on SIGINT, so
+        that one may still have been on its way back; any earlier one missing was lost."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # ping prints its tally and exits
         out, err = self.proc.communicate(timeout=10)
         found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         assert found, f"ping {self.what}: {out}{err}"
-        return int(found[1]), int(found[2])
+        sent = int(found[1]) - 1
+        answered = {int(n) for n in re.findall(r"icmp_seq=(\d+) ", out)}
+        return sent, len(answered & set(range(1, sent + 1)))
 
 
 class TcpStream:
