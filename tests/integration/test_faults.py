@@ -752,7 +752,7 @@ def test_a_killed_agent_is_restarted_by_its_supervisor_and_no_packet_is_lost(
                      lambda: (p := agent_pid(lab, "node1")) not in (None, before) and p)
     cluster.wait_for_agent(lab.files, "node1", lab.files.load().supervisors["node1"], exits=1)
     wait_for("node1 rejoined", lambda: joined_since(lab, "node1", time.time() - 5))
-    time.sleep(1.0)
+    time.sleep(2.0)
     assert_continuous(traffic[:3], stream, max_lost=0)
 
     shown = json.loads(cli("lab", "status", "--name", lab.name, "--json").stdout)["nodes"][0]
