@@ -184,7 +184,7 @@ def status(lab: str, as_json: bool) -> None:
     files = LabFiles(lab)
     record = files.load()
     plan = cluster.plan_of(record)
-    nodes = node_reports(files, record, plan)
+    nodes = cluster.node_reports(files, record)
     if as_json:
         click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
                                "datastore": plan.datastore, "backend": plan.backend,
@@ -202,28 +202,6 @@ def status(lab: str, as_json: bool) -> None:
     _print_problems({n["name"]: n["problems"] for n in nodes})
 
 
-def node_reports(files, record, plan) -> list[dict]:
-    """Each node as its agent and its supervisor report it. A down agent's status.json is
-    its last word, so its datastore state is not shown as current."""
-    from gingham.lab import cluster
-
-    nodes = []
-    for n in plan.nodes:
-        agent = cluster.node_status(files, n.name) or {}
-        supervised = cluster.agent_state(files, n.name, record.supervisors.get(n.name))
-        nodes.append({
-            "name": n.name, "address": str(n.address.ip),
-            "podSubnet": agent.get("subnet") or "-",
-            "datastore": agent.get("datastore", "-") if supervised["agent"] == "running"
-            else "-",
-            **supervised,
-            "supervisorPid": record.supervisors.get(n.name),
-            "pods": sum(1 for p in record.pods.values() if p.node == n.name),
-            "problems": agent.get("problems", []) if supervised["agent"] == "running" else [],
-        })
-    return nodes
-
-
 @lab.command()
 @lab_name_option
 @click.option("--json", "as_json", is_flag=True)
@@ -238,7 +216,7 @@ def check(lab: str, as_json: bool) -> None:
     plan = cluster.plan_of(record)
     results = checks.run_probes(checks.plan_probes(plan, record))
     failed = sum(1 for r in results if not r.ok)
-    nodes = node_reports(files, record, plan)
+    nodes = cluster.node_reports(files, record)
     problems = {n["name"]: n["problems"] for n in nodes}
     down = [f"{n['name']} ({n['agent']}" + (f", last {n['lastExit']}" if n["lastExit"] else "")
             + ")" for n in nodes if n["agent"] != "running"]

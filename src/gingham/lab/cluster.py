@@ -363,14 +363,36 @@ def resume_agent(files: LabFiles, node: str) -> int:
 def agent_state(files: LabFiles, node: str, supervisor: int | None) -> dict:
     """For `lab status`: agent (running, restarting or down), its live PID, restarts."""
     state = supervisor_state(files, node)
-    if supervisor is None or not _is_our_supervisor(files, node, supervisor):
-        return {"agent": "down", "agentPid": None, "restarts": state.get("restarts", 0),
-                "lastExit": state.get("lastExit")}
     pid = state.get("agentPid")
-    running = pid is not None and procs.is_alive(pid)
-    return {"agent": "running" if running else "restarting",
-            "agentPid": pid if running else None, "restarts": state.get("restarts", 0),
+    if supervisor is None or not _is_our_supervisor(files, node, supervisor):
+        agent, pid = "down", None
+    elif pid is not None and procs.is_alive(pid):
+        agent = "running"
+    else:
+        agent, pid = "restarting", None
+    return {"agent": agent, "agentPid": pid, "restarts": state.get("restarts", 0),
             "lastExit": state.get("lastExit")}
+
+
+def node_reports(files: LabFiles, record: LabRecord) -> list[dict]:
+    """Each node as its agent and its supervisor report it, for `lab status` and `check`.
+    A down agent's status.json is its last word, so its datastore state and problems are
+    not shown as current."""
+    nodes = []
+    for n in plan_of(record).nodes:
+        agent = node_status(files, n.name) or {}
+        supervised = agent_state(files, n.name, record.supervisors.get(n.name))
+        running = supervised["agent"] == "running"
+        nodes.append({
+            "name": n.name, "address": str(n.address.ip),
+            "podSubnet": agent.get("subnet") or "-",
+            "datastore": agent.get("datastore", "-") if running else "-",
+            **supervised,
+            "supervisorPid": record.supervisors.get(n.name),
+            "pods": sum(1 for p in record.pods.values() if p.node == n.name),
+            "problems": agent.get("problems", []) if running else [],
+        })
+    return nodes
 
 
 # -- down -----------------------------------------------------------------------------
