@@ -33,16 +33,16 @@ def supervise(tmp_path: Path, *argv: str) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / "supervisor.json"
     proc = subprocess.Popen([sys.executable, "-m", "gingham.lab.supervisor", str(path), "--",
                              *argv])
-    until(lambda: state(path).get("agentPid"))
+    until(lambda: state(path))  # a child that fails at once is gone again within ms
     return proc, path
 
 
 def test_a_failing_child_is_restarted_with_a_doubling_pause(tmp_path):
     proc, path = supervise(tmp_path, "/bin/sh", "-c", "exit 3")
     try:
-        time.sleep(2.5)  # pauses 0.2 + 0.4 + 0.8 + 1.6: three or four restarts by now
+        time.sleep(2.5)  # pauses 0.2 + 0.4 + 0.8 + 1.6: three by now, unless the box is slow
         got = state(path)
-        assert 3 <= got["restarts"] <= 4, got
+        assert 2 <= got["restarts"] <= 4, got  # at a steady 0.2 s it would be ~12
         assert got["lastExit"] == "exited with code 3"
     finally:
         proc.terminate()
@@ -51,7 +51,7 @@ def test_a_failing_child_is_restarted_with_a_doubling_pause(tmp_path):
 
 def test_sighup_restarts_at_once_and_sigterm_stops_the_child_first(tmp_path):
     proc, path = supervise(tmp_path, "/bin/sleep", "60")
-    first = state(path)["agentPid"]
+    first = until(lambda: state(path).get("agentPid"))
     try:
         os.kill(first, signal.SIGKILL)  # a crash: restarted after the first pause
         second = until(lambda: (p := state(path).get("agentPid")) not in (None, first) and p)
