@@ -103,6 +103,13 @@ class Store(Protocol):
         StoreUnavailable when the store said no or cannot be reached."""
         ...
 
+    def watch_check(self, prefix: str, after_revision: int) -> tuple[int, int]:
+        """What a watch on prefix that has delivered everything up to after_revision
+        should still deliver, read linearizably at one revision: the number of keys under
+        prefix, and the lowest modification revision above after_revision among them (0:
+        none). A watcher compares both with what it holds to tell a stalled watch."""
+        ...
+
     def watch(self, prefix: str, start_revision: int) -> Watch:
         """Events under prefix from start_revision on. Iterating blocks; it ends when the
         watch is cancelled and raises StoreUnavailable on a disconnect, Compacted if

@@ -261,6 +261,19 @@ class EtcdStore:
 
     # -- watch --------------------------------------------------------------------------
 
+    def watch_check(self, prefix: str, after_revision: int) -> tuple[int, int]:
+        # One txn, so both reads see one revision: the count, and the oldest key modified
+        # past after_revision (keys only, at most one).
+        whole = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        answer = self.call("/v3/kv/txn", {"success": [
+            {"request_range": {**whole, "count_only": True}},
+            {"request_range": {**whole, "keys_only": True, "limit": "1",
+                               "min_mod_revision": str(after_revision + 1),
+                               "sort_order": "ASCEND", "sort_target": "MOD"}}]})
+        counted, oldest = (r.get("response_range", {}) for r in answer.get("responses", []))
+        kvs = oldest.get("kvs", [])
+        return int(counted.get("count", 0)), int(kvs[0]["mod_revision"]) if kvs else 0
+
     def watch(self, prefix: str, start_revision: int) -> EtcdWatch:
         watch = EtcdWatch(self, prefix, start_revision)
         with self._lock:

@@ -241,6 +241,12 @@ class EmbeddedStore:
             db.execute("COMMIT")
         return [Event(t, k, bytes(v), r) for r, t, k, v in rows], rev
 
+    def watch_check(self, prefix: str, after_revision: int) -> tuple[int, int]:
+        (count, oldest) = self._db().execute(
+            "SELECT count(*), min(CASE WHEN mod_rev > ? THEN mod_rev END) FROM kv "
+            "WHERE key >= ? AND key < ?", (after_revision, prefix, prefix_end(prefix))).fetchone()
+        return count, oldest or 0
+
     def close(self) -> None:
         self._closed.set()
         db = getattr(self._local, "db", None)
