@@ -33,6 +33,10 @@ from gingham.lab.topology import RouterPlan, SegmentPlan
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 AGENT_READY_TIMEOUT = 20.0
+# Agents started together share the CPUs, so `up` waits longer the more it starts: on 2
+# cores 100 agents served after ~70 s and had seen each other ~20 s later.
+START_SECONDS_PER_AGENT = 1.0
+MESH_SECONDS_PER_NODE = 0.5
 
 
 class LabError(RuntimeError):
@@ -204,9 +208,12 @@ def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
     for node in plan.nodes:
         record.supervisors[node.name] = start_agent(files, record, node)
         files.save(record)
+    herd = len(plan.nodes)
     for node in plan.nodes:
-        wait_for_agent(files, node.name, record.supervisors[node.name])
-    wait_for_mesh(files, [n.name for n in plan.nodes])
+        wait_for_agent(files, node.name, record.supervisors[node.name],
+                       timeout=AGENT_READY_TIMEOUT + START_SECONDS_PER_AGENT * herd)
+    wait_for_mesh(files, [n.name for n in plan.nodes],
+                  timeout=AGENT_READY_TIMEOUT + MESH_SECONDS_PER_NODE * herd)
 
 
 def wait_for_mesh(files: LabFiles, nodes: list[str], timeout: float = AGENT_READY_TIMEOUT,
