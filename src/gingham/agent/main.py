@@ -14,15 +14,21 @@ import signal
 import threading
 from dataclasses import replace
 
-from gingham.agent.cluster_sync import ClusterSync
 from gingham.agent.cni_service import CniService
 from gingham.agent.config import AgentConfig
+from gingham.agent.config_follow import ConfigFollower
+from gingham.agent.lease_picture import LeasePicture
+from gingham.agent.lease_routes import LeaseRoutes
 from gingham.agent.membership import Membership
 from gingham.agent.node import MasqueradeNodes, detect_uplink, reconcile_node
 from gingham.agent.server import PluginServer
 from gingham.agent.status import AgentStatus, StatusFile
 from gingham.dataplane import masquerade
 from gingham.model.files import parse_subnet_env
+from gingham.subnet.kinds import ConfigKind, LeaseKind
+from gingham.subnet.lease import config_key
+from gingham.sync.informer import Informer
+from gingham.sync.loop import ReconcileLoop
 
 log = logging.getLogger("gingham.agent")
 
@@ -40,7 +46,8 @@ class Agent:
         self.config = config
         self.stopping = threading.Event()
         self.server: PluginServer | None = None
-        self.sync: ClusterSync | None = None
+        self.loop: ReconcileLoop | None = None
+        self.informers: list[Informer] = []
         self.membership: Membership | None = None
         self.status = StatusFile(config.status_path, AgentStatus(node=config.node_name))
 
@@ -84,43 +91,55 @@ class Agent:
                         lease.subnet, previous[0].pod_subnet)
         mtu = self.config.mtu or m.backend.mtu(uplink)
         m.backend.setup(lease)
-        masq = MasqueradeNodes(config, public_ip)
-        # On a restart the table already lists the other nodes: keep them until the first
-        # sync says otherwise, else pod traffic to them would be NATed meanwhile.
-        masq.current |= masquerade.programmed_nodes()
+        picture = LeasePicture(m.registry.prefix)
+        routes = LeaseRoutes(m.backend, m.own, self.status, picture)
+        masq = MasqueradeNodes(config, public_ip, picture, routes.node_gateways,
+                               masquerade.programmed_nodes())
         reconcile_node(config, mtu, masq.current)
         self.serve(config, mtu)
-        self.sync = ClusterSync(m.registry, m.backend, m.own, masq.update, self.status,
-                                m.standing_problems)
-        self.sync.start()
-        while (network := m.keep_lease(self.stopping)) is not None:
-            self._switch(m, network, config, uplink, masq)
+        follower = ConfigFollower(config_key(m.registry.prefix),
+                                  lambda stored: self._follow(m, stored, config, uplink,
+                                                              routes, masq))
+        # The fixed order: a new backend before the routes through it, routes before the
+        # node set (pod traffic to a new node needs its route first).
+        self.loop = ReconcileLoop([follower, routes, masq], self._report)
+        self.informers = [Informer(m.registry.store, kind, self.loop.deliver)
+                          for kind in (ConfigKind(m.registry.prefix),
+                                       LeaseKind(m.registry.prefix))]
+        self.loop.start()
+        for informer in self.informers:
+            informer.start()
+        m.keep_lease(self.stopping)
 
-    def _switch(self, m: Membership, network, config: AgentConfig, uplink,
-                masq: MasqueradeNodes) -> None:
-        """Move to a new backend in place: the old one's devices, routes, neighbours and
-        FDB entries go, the new one's come, pods keep their addresses. Pods made before
-        keep their MTU: a smaller tunnel MTU reaches only pods made after (as Flannel)."""
-        assert self.sync is not None and m.registry is not None
-        self.sync.stop()
+    def _report(self, problems: list[str]) -> None:
+        assert self.membership is not None
+        for problem in problems:
+            if problem not in self.status.status.problems:
+                log.warning("%s", problem)
+        self.status.update(problems=self.membership.standing_problems() + problems)
+
+    def _follow(self, m: Membership, stored: object | None, config: AgentConfig, uplink,
+                routes: LeaseRoutes, masq: MasqueradeNodes) -> None:
+        """Follow the stored config: move to a new backend in place. The old one's devices,
+        routes, neighbours and FDB entries go, the new one's come, pods keep their
+        addresses. Pods made before keep their MTU: a smaller tunnel MTU reaches only pods
+        made after (as Flannel)."""
+        network = m.changed_config(stored)
+        if network is None:
+            return
         try:
             backend = m.switch_backend(network)
         except ValueError as err:  # a config no agent can run: said, and not retried
             m.refuse(f"cannot switch to backend {network.backend.type}, keeping "
                      f"{m.backend.type if m.backend else '?'}: {err}")
             m.unfollowable = network
-            backend = m.backend
-        except Exception as err:  # e.g. the datastore: the next poll tries again
-            log.error("switching to backend %s failed, will retry: %s",
-                      network.backend.type, err)
-            backend = m.backend
-        assert backend is not None
+            return
+        finally:
+            assert m.backend is not None
+            routes.use(m.backend)  # whichever runs now, old or new, is planned anew
         mtu = self.config.mtu or backend.mtu(uplink)
         reconcile_node(config, mtu, masq.current)
         self.serve(config, mtu)
-        self.sync = ClusterSync(m.registry, backend, m.own, masq.update, self.status,
-                                m.standing_problems)
-        self.sync.start()
 
     def _previous(self) -> tuple[AgentConfig, int] | None:
         try:
@@ -133,8 +152,10 @@ class Agent:
         """Stop serving and watching. Routes, pods and the lease stay: a restarted agent
         picks them up, and pods keep talking meanwhile."""
         self.stopping.set()
-        if self.sync is not None:
-            self.sync.stop()
+        for informer in self.informers:
+            informer.stop()
+        if self.loop is not None:
+            self.loop.stop()
         if self.server is not None:
             self.server.stop()
         if self.membership is not None:

@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import logging
 import threading
-import time
 
 from gingham.agent.config import AgentConfig
 from gingham.agent.datastore_health import DatastoreHealth
@@ -22,10 +21,10 @@ from gingham.subnet.lease import Lease, LeaseAttrs, NodeInfo
 from gingham.subnet.manager import ConfigChanged, LeaseManager
 from gingham.subnet.registry import ConfigMissing, SubnetRegistry
 from gingham.subnet.space import misfit
+from gingham.sync.kinds import Undecodable
 
 log = logging.getLogger("gingham.agent.membership")
 JOIN_RETRY = 2.0
-CONFIG_POLL = 2.0
 RENEW_RETRY = 10.0
 
 
@@ -103,17 +102,10 @@ class Membership:
         assert self.lease is not None
         return self.lease
 
-    def keep_lease(self, stopping: threading.Event) -> NetworkConfig | None:
-        """Renew the lease before it runs out, for as long as the agent runs; return the
-        network config when it changes (None when stopping)."""
+    def keep_lease(self, stopping: threading.Event) -> None:
+        """Renew the lease before it runs out, for as long as the agent runs."""
         assert self.manager is not None and self.registry is not None
-        polled = time.monotonic()
         while not stopping.wait(1.0):
-            if time.monotonic() - polled >= CONFIG_POLL:
-                polled = time.monotonic()
-                changed = self._changed_config()
-                if changed is not None:
-                    return changed
             if not self.manager.renew_due():
                 continue
             try:
@@ -129,19 +121,19 @@ class Membership:
             self.lease = renewed
             self.registry.put_node(NodeInfo(self.config.node_name, self.public_ip,
                                             self.config.labels), renewed.store_lease)
-        return None
 
-    def _changed_config(self) -> NetworkConfig | None:
-        """A new config this node can move to; one it cannot is reported, once."""
+    def changed_config(self, stored: object | None) -> NetworkConfig | None:
+        """A new config this node can move to, given the stored one as the config informer
+        delivers it (a NetworkConfig, Undecodable, or None: no config key); one it cannot
+        move to is reported, once."""
         assert self.registry is not None and self.network is not None
-        try:
-            network = self.registry.get_config()
-        except StoreError:
-            return None  # an outage, not a config: the sync reports the datastore state
-        except (ConfigMissing, ValueError) as err:
+        if not isinstance(stored, NetworkConfig):
+            why = stored.why if isinstance(stored, Undecodable) \
+                else self.registry.missing_config()
             self.refuse(f"network config unreadable, keeping {self.network.backend.type}: "
-                        f"{err}")
+                        f"{why}")
             return None
+        network = stored
         if network == self.network:
             self.refuse("")
             self.unfollowable = None

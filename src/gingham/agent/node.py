@@ -7,10 +7,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from gingham.agent.config import CONFLIST_NAME, AgentConfig
-from gingham.dataplane import masquerade, netns, sysctl
+from gingham.agent.lease_picture import LeasePicture
+from gingham.dataplane import masquerade, netns, nft, sysctl
 from gingham.dataplane.bridge import ensure_bridge
 from gingham.dataplane.uplink import Uplink, find_uplink
 from gingham.model.files import render_conflist, render_subnet_env, write_atomically
@@ -53,17 +55,60 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 class MasqueradeNodes:
-    """The masquerade table's node set: the kernel is asked only when the set changes, and
-    then only the changed elements are written."""
+    """The masquerade table's node set (pod traffic to a node is never masqueraded), as a
+    manager of the reconcile loop: fed by the lease picture, it writes only the addresses
+    that came or went, and lists the table (masquerade.apply) only on a full resync or
+    when a change did not apply."""
 
-    def __init__(self, config: AgentConfig, own: ipaddress.IPv4Address) -> None:
+    name = "masquerade-nodes"
+    kinds: tuple[str, ...] = ()  # it reads the lease picture the routes manager keeps
+
+    def __init__(self, config: AgentConfig, own: ipaddress.IPv4Address,
+                 picture: LeasePicture, held: Callable[[], set[ipaddress.IPv4Address]],
+                 current: set[ipaddress.IPv4Address]) -> None:
         self.config = config
         self.own = own
-        self.current: set[ipaddress.IPv4Address] = {own}
+        self.picture = picture
+        self.held = held
+        # What the table holds (on a restart, the other nodes already): kept until the
+        # first full apply says otherwise, else pod traffic to them would be NATed.
+        self.current = current | {own}
+        self.full = True
+        self._held: set[ipaddress.IPv4Address] = set()
 
-    def update(self, node_ips: set[ipaddress.IPv4Address]) -> None:
-        wanted = node_ips | {self.own}
-        if wanted != self.current:
-            assert self.config.cluster_cidr is not None
-            masquerade.apply([self.config.cluster_cidr], wanted, enabled=self.config.ip_masq)
-            self.current = wanted
+    def on_snapshot(self, kind: str, objects: dict[str, object]) -> None:
+        self.full = True
+
+    def on_update(self, kind: str, key: str, obj: object | None) -> None:
+        pass
+
+    def resync(self) -> None:
+        self.full = True
+
+    def dirty(self) -> bool:
+        return self.picture.listed and (self.full or self.picture.has_node_changes()
+                                        or self.held() != self._held)
+
+    def apply(self) -> list[str]:
+        if not self.config.ip_masq:
+            self.picture.take_node_changes()
+            self.full = False
+            return []
+        if not self.full and self.held() == self._held:
+            added, removed = set(), set()
+            for address, present in self.picture.take_node_changes().items():
+                if address != self.own:
+                    (added if present else removed).add(address)
+            try:
+                masquerade.change_nodes(added - self.current, removed & self.current)
+                self.current = (self.current | added) - removed
+                return []
+            except nft.NftError as err:
+                log.warning("changing the masquerade node set failed (%s); reconciling", err)
+        self._held = self.held()
+        self.picture.take_node_changes()
+        wanted = set(self.picture.node_ips) | self._held | {self.own}
+        assert self.config.cluster_cidr is not None
+        masquerade.apply([self.config.cluster_cidr], wanted, enabled=True)
+        self.current, self.full = wanted, False
+        return []

@@ -12,7 +12,7 @@ from typing import Protocol
 from pyroute2 import IPRoute
 
 from gingham.dataplane import netns, tunl0
-from gingham.dataplane.routes import RouteIntent, apply_routes
+from gingham.dataplane.routes import RouteIntent, apply_routes, remove_route, set_route
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import FdbIntent, NeighIntent, remove_vteps
 from gingham.subnet.lease import Lease
@@ -25,6 +25,13 @@ class BackendPlan:
     fdb: set[FdbIntent] = field(default_factory=set)
     peers: dict = field(default_factory=dict)  # subnet -> node address, for userspace tunnels
     problems: list[str] = field(default_factory=list)  # why some lease gets no path
+
+    def merge(self, other: BackendPlan) -> None:
+        self.routes |= other.routes
+        self.neighbours |= other.neighbours
+        self.fdb |= other.fdb
+        self.peers.update(other.peers)
+        self.problems += other.problems
 
 
 class Backend(Protocol):
@@ -42,15 +49,64 @@ class Backend(Protocol):
         """Make this node's own end (e.g. its tunnel device), once the lease is known."""
         ...
 
+    def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:
+        """What reaching one other node's lease takes (pure)."""
+        ...
+
     def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan: ...
 
     def apply(self, plan: BackendPlan) -> list[str]:
-        """Make the kernel match the plan; returns problems met on the way."""
+        """Make the kernel match the plan, reading back what it has; returns problems met
+        on the way. The resync path: always right, costs what the cluster's size costs."""
+        ...
+
+    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
+        """Add what `added` has and remove what `removed` has, trusting that the kernel holds
+        what was applied before: no dump, so a change costs the same at any cluster size.
+        Raises RouteTaken if a route to add is there already (a resync sorts it out)."""
         ...
 
     def teardown(self) -> None:
         """Remove everything this backend owns (switching to another backend)."""
         ...
+
+
+class LeaseBackend:
+    """What every backend shares: a plan is the union of per-lease plans, and routes are
+    changed by destination (a replaced route is never removed and re-added)."""
+
+    type = ""
+
+    def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:
+        raise NotImplementedError
+
+    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
+        plan = BackendPlan()
+        for lease in leases:
+            if lease.subnet != own.subnet:
+                plan.merge(self.plan_lease(own, lease))
+        return plan
+
+    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
+        change_routes(ipr, added.routes, removed.routes)
+
+    def refused(self, lease: Lease) -> BackendPlan | None:
+        """The plan for a lease of another backend's type: none, with the reason."""
+        if lease.attrs.backend_type == self.type:
+            return None
+        return BackendPlan(problems=[f"{self.type}: lease {lease.subnet} of "
+                                     f"{lease.attrs.node_name} uses backend "
+                                     f"{lease.attrs.backend_type}; not routed"])
+
+
+def change_routes(ipr: IPRoute, added: set[RouteIntent], removed: set[RouteIntent]) -> None:
+    """A destination in both is replaced in place; one only in `added` is new to Gingham."""
+    had, keeps = {r.dst for r in removed}, {r.dst for r in added}
+    for route in sorted(removed):
+        if route.dst not in keeps:
+            remove_route(ipr, route)
+    for route in sorted(added):
+        set_route(ipr, route, new=route.dst not in had)
 
 
 def program_routes(ipr: IPRoute, routes: set[RouteIntent]) -> list[str]:
@@ -69,7 +125,7 @@ def clear_earlier_tunnels(ipr: IPRoute, keep_vtep: str | None = None) -> None:
     tunl0.release(ipr)
 
 
-class RoutesOnlyBackend:
+class RoutesOnlyBackend(LeaseBackend):
     """A backend whose whole dataplane, once set up, is its `proto 71` routes."""
 
     def apply(self, plan: BackendPlan) -> list[str]:

@@ -16,21 +16,6 @@ from gingham.subnet.lease import Lease
 TYPE = "host-gw"
 
 
-def others_of_type(kind: str, own: Lease, leases: list[Lease],
-                   plan: BackendPlan) -> list[Lease]:
-    """The other nodes' leases a `kind` backend can serve; the rest are reported in plan."""
-    served = []
-    for lease in leases:
-        if lease.subnet == own.subnet:
-            continue
-        if lease.attrs.backend_type != kind:
-            plan.problems.append(f"{kind}: lease {lease.subnet} of {lease.attrs.node_name} "
-                                 f"uses backend {lease.attrs.backend_type}; not routed")
-        else:
-            served.append(lease)
-    return served
-
-
 def direct_route(lease: Lease, uplink: Uplink) -> RouteIntent:
     """`<subnet> via <node address> dev <uplink>`: no tunnel, the node is on our segment."""
     return RouteIntent(lease.subnet, lease.attrs.public_ip, uplink.index)
@@ -60,11 +45,10 @@ class HostGwBackend(RoutesOnlyBackend):
         with netns.iproute() as ipr:
             clear_earlier_tunnels(ipr)
 
-    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
-        plan = BackendPlan()
-        for lease in others_of_type(TYPE, own, leases, plan):
-            if lease.attrs.public_ip not in self.uplink.address.network:
-                plan.problems.append(not_on_segment(lease, self.uplink))
-            else:
-                plan.routes.add(direct_route(lease, self.uplink))
-        return plan
+    def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:
+        refused = self.refused(lease)
+        if refused is not None:
+            return refused
+        if lease.attrs.public_ip not in self.uplink.address.network:
+            return BackendPlan(problems=[not_on_segment(lease, self.uplink)])
+        return BackendPlan(routes={direct_route(lease, self.uplink)})

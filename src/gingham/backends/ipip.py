@@ -10,7 +10,6 @@ other (tunl0 decapsulates IPIP from any sender).
 from __future__ import annotations
 
 from gingham.backends.base import BackendPlan, RoutesOnlyBackend
-from gingham.backends.hostgw import others_of_type
 from gingham.backends.options import BackendConfigError
 from gingham.backends.userspace import IpipTransport, Transport, UserspaceBackend
 from gingham.dataplane import netns, tunl0
@@ -63,13 +62,10 @@ class KernelIpipBackend(RoutesOnlyBackend):
             except LookupError as err:
                 raise BackendConfigError(f"ipip: {err}") from None
 
-    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
+    def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:
         assert self.index is not None, "setup() first"
-        plan = BackendPlan()
-        for lease in others_of_type(TYPE, own, leases, plan):
-            plan.routes.add(RouteIntent(lease.subnet, lease.attrs.public_ip, self.index,
-                                        onlink=True))
-        return plan
+        return self.refused(lease) or BackendPlan(routes={
+            RouteIntent(lease.subnet, lease.attrs.public_ip, self.index, onlink=True)})
 
     def teardown(self) -> None:
         super().teardown()

@@ -18,8 +18,15 @@ import socket
 import threading
 from typing import Protocol
 
-from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
-from gingham.backends.hostgw import others_of_type
+from pyroute2 import IPRoute
+
+from gingham.backends.base import (
+    BackendPlan,
+    LeaseBackend,
+    change_routes,
+    clear_earlier_tunnels,
+    program_routes,
+)
 from gingham.dataplane import netns
 from gingham.dataplane.bridge import link_index
 from gingham.dataplane.routes import RouteIntent, apply_routes
@@ -85,6 +92,15 @@ class TunnelEngine:
         self.peers = {int(net.network_address): ip for net, ip in peers.items()}
         self.known = frozenset(peers.values())
 
+    def change(self, subnet: ipaddress.IPv4Network,
+               address: ipaddress.IPv4Address | None) -> None:
+        """Set (or with None, remove) one peer; the packet thread sees either map."""
+        if address is None:
+            self.peers.pop(int(subnet.network_address), None)
+        else:
+            self.peers[int(subnet.network_address)] = address
+        self.known = frozenset(self.peers.values())
+
     def start(self) -> None:
         self._thread.start()
 
@@ -122,7 +138,7 @@ class TunnelEngine:
             os.write(self.tun_fd, packet)
 
 
-class UserspaceBackend:
+class UserspaceBackend(LeaseBackend):
     """What udp and userspace ipip share: the TUN device (with the node subnet's `.0`),
     a route per remote subnet into it, and the engine that carries the packets."""
 
@@ -160,19 +176,25 @@ class UserspaceBackend:
         self.engine = TunnelEngine(fd, transport, self.subnet_len)
         self.engine.start()
 
-    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
+    def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:
         assert self.index is not None, "setup() first"
-        plan = BackendPlan()
-        for lease in others_of_type(self.type, own, leases, plan):
-            plan.routes.add(RouteIntent(lease.subnet, None, self.index))
-            plan.peers[lease.subnet] = lease.attrs.public_ip
-        return plan
+        return self.refused(lease) or BackendPlan(
+            routes={RouteIntent(lease.subnet, None, self.index)},
+            peers={lease.subnet: lease.attrs.public_ip})
 
     def apply(self, plan: BackendPlan) -> list[str]:
         assert self.engine is not None
         self.engine.update(plan.peers)  # before the routes: no packet meets an unknown peer
         with netns.iproute() as ipr:
             return program_routes(ipr, plan.routes)
+
+    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
+        assert self.engine is not None
+        for subnet, address in added.peers.items():
+            self.engine.change(subnet, address)
+        change_routes(ipr, added.routes, removed.routes)
+        for subnet in removed.peers.keys() - added.peers.keys():
+            self.engine.change(subnet, None)
 
     def teardown(self) -> None:
         with netns.iproute() as ipr:

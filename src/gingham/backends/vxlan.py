@@ -13,8 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gingham.backends.base import BackendPlan, clear_earlier_tunnels, program_routes
-from gingham.backends.hostgw import direct_route, others_of_type
+from pyroute2 import IPRoute
+
+from gingham.backends.base import (
+    BackendPlan,
+    LeaseBackend,
+    change_routes,
+    clear_earlier_tunnels,
+    program_routes,
+)
+from gingham.backends.hostgw import direct_route
 from gingham.backends.options import BackendConfigError, check_known, int_option
 from gingham.dataplane import netns
 from gingham.dataplane.routes import RouteIntent, apply_routes
@@ -26,7 +34,11 @@ from gingham.dataplane.vxlan import (
     apply_fdb,
     apply_neighbours,
     ensure_vtep,
+    remove_fdb,
+    remove_neighbour,
     remove_vteps,
+    set_fdb,
+    set_neighbour,
     stable_mac,
 )
 from gingham.model.network import BackendConfig
@@ -67,7 +79,7 @@ class VxlanOptions:
         return f"flannel.{self.vni}"
 
 
-class VxlanBackend:
+class VxlanBackend(LeaseBackend):
     type = TYPE
 
     def __init__(self, options: VxlanOptions, uplink: Uplink, node_name: str) -> None:
@@ -91,25 +103,23 @@ class VxlanBackend:
             clear_earlier_tunnels(ipr, keep_vtep=self.device)  # e.g. another VNI's VTEP
             self.index = ensure_vtep(ipr, spec)
 
-    def plan(self, own: Lease, leases: list[Lease]) -> BackendPlan:
+    def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:
         assert self.index is not None, "setup() first"
-        plan = BackendPlan()
-        for lease in others_of_type(TYPE, own, leases, plan):
-            if self.options.direct_routing and \
-                    lease.attrs.public_ip in self.uplink.address.network:
-                plan.routes.add(direct_route(lease, self.uplink))
-                continue
-            data = lease.attrs.backend_data
-            mac = str(data.get("VtepMAC", "")).lower()
-            if not MAC.match(mac) or data.get("VNI", DEFAULT_VNI) != self.options.vni:
-                plan.problems.append(f"vxlan: lease {lease.subnet} of {lease.attrs.node_name} "
-                                     f"has no usable VtepMAC/VNI ({data}); not routed")
-                continue
-            gateway = lease.subnet.network_address
-            plan.routes.add(RouteIntent(lease.subnet, gateway, self.index, onlink=True))
-            plan.neighbours.add(NeighIntent(gateway, mac))
-            plan.fdb.add(FdbIntent(mac, lease.attrs.public_ip))
-        return plan
+        refused = self.refused(lease)
+        if refused is not None:
+            return refused
+        if self.options.direct_routing and lease.attrs.public_ip in self.uplink.address.network:
+            return BackendPlan(routes={direct_route(lease, self.uplink)})
+        data = lease.attrs.backend_data
+        mac = str(data.get("VtepMAC", "")).lower()
+        if not MAC.match(mac) or data.get("VNI", DEFAULT_VNI) != self.options.vni:
+            return BackendPlan(problems=[f"vxlan: lease {lease.subnet} of "
+                                         f"{lease.attrs.node_name} has no usable VtepMAC/VNI "
+                                         f"({data}); not routed"])
+        gateway = lease.subnet.network_address
+        return BackendPlan(routes={RouteIntent(lease.subnet, gateway, self.index, onlink=True)},
+                           neighbours={NeighIntent(gateway, mac)},
+                           fdb={FdbIntent(mac, lease.attrs.public_ip)})
 
     def apply(self, plan: BackendPlan) -> list[str]:
         assert self.index is not None
@@ -118,6 +128,23 @@ class VxlanBackend:
             apply_neighbours(ipr, self.index, plan.neighbours)
             apply_fdb(ipr, self.index, plan.fdb)
             return program_routes(ipr, plan.routes)
+
+    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
+        assert self.index is not None
+        # As in apply: a route never points at a peer the VTEP does not know yet.
+        for neigh in sorted(added.neighbours):
+            set_neighbour(ipr, self.index, neigh)
+        for entry in sorted(added.fdb):
+            set_fdb(ipr, self.index, entry)
+        change_routes(ipr, added.routes, removed.routes)
+        # An entry replaced under the same key (IP, MAC) is not removed after.
+        kept_ips, kept_macs = {n.ip for n in added.neighbours}, {f.mac for f in added.fdb}
+        for neigh in sorted(removed.neighbours):
+            if neigh.ip not in kept_ips:
+                remove_neighbour(ipr, self.index, neigh)
+        for entry in sorted(removed.fdb):
+            if entry.mac not in kept_macs:
+                remove_fdb(ipr, self.index, entry)
 
     def teardown(self) -> None:
         with netns.iproute() as ipr:

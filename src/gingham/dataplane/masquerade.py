@@ -174,6 +174,22 @@ def apply(cluster_cidrs: Iterable[ipaddress.IPv4Network],
     return True
 
 
+def change_nodes(added: Iterable[ipaddress.IPv4Address],
+                 removed: Iterable[ipaddress.IPv4Address]) -> None:
+    """Add and remove node addresses in one transaction, without listing the table. Raises
+    NftError if the table is not as expected (e.g. an address to remove is not there)."""
+    def elements(addresses: Iterable[ipaddress.IPv4Address]) -> list:
+        return [_prefix(ipaddress.IPv4Network(a)) for a in sorted(addresses)]
+
+    commands = []
+    if gone := elements(removed):
+        commands.append({"delete": {"element": _elements(NODES, gone)}})
+    if new := elements(added):
+        commands.append({"add": {"element": _elements(NODES, new)}})
+    if commands:
+        nft.run(commands)
+
+
 def programmed_nodes() -> set[ipaddress.IPv4Address]:
     """The node addresses in the table now (none if there is no table)."""
     try:

@@ -7,6 +7,7 @@ removed; it is reported instead.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from dataclasses import dataclass
 
@@ -17,6 +18,11 @@ GINGHAM_PROTO = 71  # free in /etc/iproute2/rt_protos; `ip route show proto 71`
 MAIN_TABLE = 254
 RTNH_F_ONLINK = 4  # pyroute2 ignores onlink=True; the flag must be passed as flags=4
 ESRCH = 3
+
+
+class RouteTaken(RuntimeError):
+    """A route Gingham was to add already exists: someone else's, or one a full resync must
+    sort out."""
 
 
 @dataclass(frozen=True, order=True)
@@ -66,17 +72,34 @@ def apply_routes(ipr: IPRoute, desired: set[RouteIntent]) -> RouteDiff:
     owned, foreign = read_routes(ipr)
     diff = diff_routes(desired, owned, foreign)
     for route in diff.to_remove:
-        try:
-            ipr.route("del", dst=str(route.dst), table=MAIN_TABLE, proto=GINGHAM_PROTO)
-        except NetlinkError as err:
-            if err.code != ESRCH:
-                raise
+        remove_route(ipr, route)
     for route in diff.to_set:
-        spec: dict = {"dst": str(route.dst), "oif": route.oif, "table": MAIN_TABLE,
-                      "proto": GINGHAM_PROTO}
-        if route.gateway is not None:
-            spec["gateway"] = str(route.gateway)
-        if route.onlink:
-            spec["flags"] = RTNH_F_ONLINK
-        ipr.route("replace", **spec)
+        set_route(ipr, route)
     return diff
+
+
+def remove_route(ipr: IPRoute, route: RouteIntent) -> None:
+    """Delete Gingham's route to route.dst; the kernel matches the protocol, so a route
+    someone else holds there is never the one deleted."""
+    try:
+        ipr.route("del", dst=str(route.dst), table=MAIN_TABLE, proto=GINGHAM_PROTO)
+    except NetlinkError as err:
+        if err.code != ESRCH:
+            raise
+
+
+def set_route(ipr: IPRoute, route: RouteIntent, new: bool = False) -> None:
+    """Install or replace Gingham's route. `new`: the destination is not known to hold a
+    route of Gingham's, so it is only added, and RouteTaken says one is there already."""
+    spec: dict = {"dst": str(route.dst), "oif": route.oif, "table": MAIN_TABLE,
+                  "proto": GINGHAM_PROTO}
+    if route.gateway is not None:
+        spec["gateway"] = str(route.gateway)
+    if route.onlink:
+        spec["flags"] = RTNH_F_ONLINK
+    try:
+        ipr.route("add" if new else "replace", **spec)
+    except NetlinkError as err:
+        if err.code == errno.EEXIST:
+            raise RouteTaken(f"a route to {route.dst} exists already") from err
+        raise

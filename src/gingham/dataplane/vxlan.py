@@ -109,10 +109,22 @@ def apply_neighbours(ipr: IPRoute, index: int, desired: set[NeighIntent]) -> Non
             for n in ipr.get_neighbours(ifindex=index, family=2)
             if n["state"] & NUD_PERMANENT and n.get_attr("NDA_LLADDR")}
     for gone in sorted(have - desired):
-        ipr.neigh("del", dst=str(gone.ip), lladdr=gone.mac, ifindex=index)
+        remove_neighbour(ipr, index, gone)
     for new in sorted(desired - have):
-        ipr.neigh("replace", dst=str(new.ip), lladdr=new.mac, ifindex=index,
-                  state=NUD_PERMANENT)
+        set_neighbour(ipr, index, new)
+
+
+def set_neighbour(ipr: IPRoute, index: int, neigh: NeighIntent) -> None:
+    ipr.neigh("replace", dst=str(neigh.ip), lladdr=neigh.mac, ifindex=index,
+              state=NUD_PERMANENT)
+
+
+def remove_neighbour(ipr: IPRoute, index: int, neigh: NeighIntent) -> None:
+    try:
+        ipr.neigh("del", dst=str(neigh.ip), lladdr=neigh.mac, ifindex=index)
+    except NetlinkError as err:
+        if err.code != errno.ENOENT:
+            raise
 
 
 def apply_fdb(ipr: IPRoute, index: int, desired: set[FdbIntent]) -> None:
@@ -120,10 +132,22 @@ def apply_fdb(ipr: IPRoute, index: int, desired: set[FdbIntent]) -> None:
             for f in ipr.fdb("dump", ifindex=index)
             if f.get_attr("NDA_DST") and f.get_attr("NDA_LLADDR") != "00:00:00:00:00:00"}
     for gone in sorted(have - desired):
-        ipr.fdb("del", ifindex=index, lladdr=gone.mac, dst=str(gone.dst))
+        remove_fdb(ipr, index, gone)
     for new in sorted(desired - have):
-        ipr.fdb("replace", ifindex=index, lladdr=new.mac, dst=str(new.dst),
-                state=NUD_PERMANENT, flags=NTF_SELF)
+        set_fdb(ipr, index, new)
+
+
+def set_fdb(ipr: IPRoute, index: int, entry: FdbIntent) -> None:
+    ipr.fdb("replace", ifindex=index, lladdr=entry.mac, dst=str(entry.dst),
+            state=NUD_PERMANENT, flags=NTF_SELF)
+
+
+def remove_fdb(ipr: IPRoute, index: int, entry: FdbIntent) -> None:
+    try:
+        ipr.fdb("del", ifindex=index, lladdr=entry.mac, dst=str(entry.dst))
+    except NetlinkError as err:
+        if err.code != errno.ENOENT:
+            raise
 
 
 def remove_vteps(ipr: IPRoute, keep: str | None = None) -> list[str]:

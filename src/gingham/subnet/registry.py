@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 
 from gingham.model.network import NetworkConfig, NetworkConfigError, parse_network_config
-from gingham.store.contract import Store, Watch
+from gingham.store.contract import Store
+from gingham.subnet.kinds import LeaseKind
 from gingham.subnet.lease import (
     DEFAULT_PREFIX,
     Lease,
@@ -48,12 +49,15 @@ class SubnetRegistry:
         """The config and its modification revision."""
         kv = self.store.get(config_key(self.prefix))
         if kv is None:
-            raise ConfigMissing(f"no network config at {config_key(self.prefix)} "
-                                "(set one with `gingham config set -f net-conf.json`)")
+            raise ConfigMissing(self.missing_config())
         try:
             return parse_network_config(kv.value), kv.mod_revision
         except NetworkConfigError as err:
             raise NetworkConfigError(f"{config_key(self.prefix)}: {err}") from None
+
+    def missing_config(self) -> str:
+        return (f"no network config at {config_key(self.prefix)} "
+                "(set one with `gingham config set -f net-conf.json`)")
 
     def set_config(self, config: NetworkConfig) -> None:
         self.store.put(config_key(self.prefix), json.dumps(config.to_json()).encode())
@@ -66,11 +70,6 @@ class SubnetRegistry:
 
     # -- leases ------------------------------------------------------------------------
 
-    def decode_lease(self, key: str, value: bytes, mod_revision: int = 0,
-                     store_lease: int = 0, create_revision: int = 0) -> Lease:
-        return Lease(subnet_of_key(self.prefix, key), LeaseAttrs.decode(value), mod_revision,
-                     store_lease, create_revision)
-
     def leases(self) -> LeaseListing:
         kvs, revision = self.store.range(subnets_prefix(self.prefix))
         listing = LeaseListing([], [], set(), revision)
@@ -78,14 +77,10 @@ class SubnetRegistry:
             try:
                 subnet = subnet_of_key(self.prefix, kv.key)
                 listing.taken.add(subnet)
-                listing.leases.append(self.decode_lease(kv.key, kv.value, kv.mod_revision,
-                                                        kv.lease, kv.create_revision))
+                listing.leases.append(LeaseKind(self.prefix).decode(kv))
             except LeaseDataError as err:
                 listing.problems.append(f"{kv.key}: {err}")
         return listing
-
-    def watch_leases(self, start_revision: int) -> Watch:
-        return self.store.watch(subnets_prefix(self.prefix), start_revision)
 
     def write_lease(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, store_lease: int,
                     expect_revision: int, config_revision: int | None = None) -> Lease | None:

@@ -86,25 +86,83 @@ def leases_that_do_not_fit(config: NetworkConfig, leases: Iterable[Lease]) -> li
 
 
 def routable(own: Net, leases: Iterable[Lease]) -> tuple[list[Lease], list[str]]:
-    """The leases a node may route, and a problem for each it may not. Of leases that
-    overlap (only a store written by hand or by an older version holds such), the one
-    created first is routed and the later ones are not, so an intruding lease can neither
-    take a node's addresses nor cut it off; this node's own subnet stays its own."""
+    """The leases a node may route, and a problem for each it may not (see refusals)."""
+    leases = list(leases)
+    refused = refusals(own, leases)
+    return [lease for lease in leases if lease.subnet not in refused], list(refused.values())
+
+
+def refusals(own: Net, leases: Iterable[Lease]) -> dict[Net, str]:
+    """The leases a node may not route, each with why. Of leases that overlap (only a
+    store written by hand or by an older version holds such), the one created first is
+    routed and the later ones are not, so an intruding lease can neither take a node's
+    addresses nor cut it off; this node's own subnet stays its own."""
     leases = list(leases)
     clash = overlapping([own, *(lease.subnet for lease in leases)])
     if not clash:
-        return leases, []
-    keep = [lease for lease in leases if lease.subnet == own or lease.subnet not in clash]
+        return {}
     first: list[tuple[Net, str]] = [(own, "this node")]
-    problems = []
+    refused = {}
     for lease in sorted((x for x in leases if x.subnet in clash and x.subnet != own),
                         key=lambda x: (x.create_revision, int(x.subnet.network_address))):
         older = next((f"{subnet} of {holder}" for subnet, holder in first
                       if subnet.overlaps(lease.subnet)), None)
         if older is None:
-            keep.append(lease)
             first.append((lease.subnet, lease.attrs.node_name or "?"))
         else:
-            problems.append(f"lease {lease.subnet} of {lease.attrs.node_name or '?'} overlaps "
-                            f"the earlier lease {older}; not routed (delete one of them)")
-    return keep, problems
+            refused[lease.subnet] = (
+                f"lease {lease.subnet} of {lease.attrs.node_name or '?'} overlaps the "
+                f"earlier lease {older}; not routed (delete one of them)")
+    return refused
+
+
+class SubnetIndex:
+    """Subnets by prefix length, so the ones overlapping a given subnet are found without
+    looking at the rest: a lookup per length held for those containing it, a bisect per
+    longer length for those inside it. Leases are all one length in a sane store, so a
+    question costs O(1) there."""
+
+    def __init__(self) -> None:
+        self._by_len: dict[int, list[int]] = {}  # prefix length -> sorted network addresses
+
+    def add(self, subnet: Net) -> None:
+        starts = self._by_len.setdefault(subnet.prefixlen, [])
+        at = bisect.bisect_left(starts, int(subnet.network_address))
+        if at == len(starts) or starts[at] != int(subnet.network_address):
+            starts.insert(at, int(subnet.network_address))
+
+    def discard(self, subnet: Net) -> None:
+        starts = self._by_len.get(subnet.prefixlen, [])
+        at = bisect.bisect_left(starts, int(subnet.network_address))
+        if at < len(starts) and starts[at] == int(subnet.network_address):
+            del starts[at]
+            if not starts:
+                del self._by_len[subnet.prefixlen]
+
+    def overlapping(self, subnet: Net) -> list[Net]:
+        """Every held subnet that overlaps `subnet`, but `subnet` itself."""
+        first, last = int(subnet.network_address), int(subnet.broadcast_address)
+        found = []
+        for length, starts in self._by_len.items():
+            if length <= subnet.prefixlen:  # at most one can contain it
+                start = first & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF)
+                at = bisect.bisect_left(starts, start)
+                if at < len(starts) and starts[at] == start:
+                    found.append(Net((start, length)))
+            else:
+                at = bisect.bisect_left(starts, first)
+                while at < len(starts) and starts[at] <= last:
+                    found.append(Net((starts[at], length)))
+                    at += 1
+        return [net for net in found if net != subnet]
+
+    def component(self, subnets: Iterable[Net]) -> set[Net]:
+        """`subnets` and every held subnet joined to them by a chain of overlaps: what
+        `routable` must see whole to decide any of them."""
+        seen, todo = set(subnets), list(subnets)
+        while todo:
+            for other in self.overlapping(todo.pop()):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+        return seen
