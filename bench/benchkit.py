@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 import sys
 import time
@@ -20,6 +21,22 @@ class BenchError(RuntimeError):
 
 class LabTaken(BenchError):
     """A lab of that name exists already: someone else's, never torn down."""
+
+
+def lab_name(prefix: str) -> str:
+    """A fresh lab name: `prefix` (up to 4 letters/digits) and 6 random hex digits."""
+    return prefix + secrets.token_hex(3)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: an observed value, no interpolation."""
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def log(message: str) -> None:
