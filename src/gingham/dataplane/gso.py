@@ -1,0 +1,212 @@
+"""Segmentation and coalescing of IPv4 TCP in userspace, for a TUN device opened with a
+virtio-net header (IFF_VNET_HDR): what the kernel's GSO and GRO do for a NIC.
+
+Read from the device, a frame is the 10-byte header and one packet: either a TCP "super
+packet" of up to 64 KB (gso_type TCPV4, to be cut into gso_size payloads), or one packet
+whose transport checksum may still be to fill in (NEEDS_CSUM: the field holds the
+pseudo-header sum; the sum from csum_start on goes there, complemented). `outbound`
+turns a frame into wire-ready packets, every checksum valid, as a kernel would send them.
+
+Written to the device, consecutive TCP segments of one flow become one super packet again
+(`Coalescer`), so the kernel handles one skb instead of forty.
+
+Checksums: the ones'-complement sum of 16-bit words is the number the bytes spell, modulo
+0xFFFF (2**16 is 1 modulo 0xFFFF), which `int.from_bytes` and `%` compute in C.
+"""
+
+from __future__ import annotations
+
+import struct
+
+VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_LEN = VNET.size
+NEEDS_CSUM = 1
+GSO_NONE, GSO_TCPV4, GSO_ECN = 0, 1, 0x80
+PLAIN = bytes(VNET_LEN)  # a packet that carries its own checksums
+IPV4_TCP = 6
+MAX_IP_LEN = 0xFFFF
+FIN, PSH, ACK, CWR = 0x01, 0x08, 0x10, 0x80
+IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
+TCP_FIXED = struct.Struct("!HHIIBBHHH")
+HEADERS = struct.Struct(IP_FIXED.format + TCP_FIXED.format[1:])
+U16 = struct.Struct("!H")
+U32 = struct.Struct("!I")
+
+
+class FrameError(ValueError):
+    """A frame the kernel would never hand over: cut short, or an offload not asked for."""
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The ones'-complement sum of `data` modulo 0xFFFF (an odd length padded with a zero
+    byte); sums of even-length pieces add up."""
+    n = int.from_bytes(data, "big")
+    return (n << 8 if len(data) & 1 else n) % 0xFFFF
+
+
+def complement(total: int) -> int:
+    """The checksum field that makes a sum of `total` check: never 0 (UDP's "none")."""
+    return 0xFFFF - total % 0xFFFF
+
+
+def pseudo_sum(packet: bytes | bytearray | memoryview, protocol: int, length: int) -> int:
+    """The IPv4 pseudo-header's sum: both addresses, the protocol, the transport length."""
+    return ones_sum(packet[12:20]) + protocol + length
+
+
+def outbound(frame: memoryview, out: bytearray) -> tuple[memoryview, int]:
+    """The packets one TUN frame stands for, back to back (in `frame` itself or in `out`),
+    and the size of each but the last, which may be shorter."""
+    if len(frame) < VNET_LEN + 20:
+        raise FrameError("frame shorter than a header and an IPv4 header")
+    flags, gso_type, _, gso_size, csum_start, csum_offset = VNET.unpack_from(frame)
+    packet = frame[VNET_LEN:]
+    if gso_type & ~GSO_ECN == GSO_TCPV4:
+        return segment_tcp4(packet, gso_size, out)
+    if gso_type != GSO_NONE:
+        raise FrameError(f"gso_type {gso_type} was not offered to the kernel")
+    if flags & NEEDS_CSUM:
+        fill_checksum(packet, csum_start, csum_offset)
+    return packet, len(packet)
+
+
+def fill_checksum(packet: memoryview, start: int, offset: int) -> None:
+    """Complete a NEEDS_CSUM packet in place: its field holds the pseudo-header sum."""
+    if start + offset + 2 > len(packet):
+        raise FrameError("checksum field beyond the packet")
+    U16.pack_into(packet, start + offset, complement(ones_sum(packet[start:])))
+
+
+def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryview, int]:
+    """Cut a TCP super packet into segments of `mss` payload bytes in `out`, as the kernel's
+    TSO does: IP id counting up, sequence numbers advancing, FIN/PSH on the last segment
+    only, CWR on the first only, both checksums computed."""
+    ihl = (packet[0] & 0x0F) * 4
+    thl = (packet[ihl + 12] >> 4) * 4
+    hlen = ihl + thl
+    if mss <= 0 or len(packet) <= hlen or ihl < 20 or thl < 20:
+        raise FrameError("TCP super packet without headers, payload or segment size")
+    (ver_ihl, tos, _, ip_id, frag, ttl, proto, _, src, dst) = IP_FIXED.unpack_from(packet)
+    (sport, dport, seq, ack, offset, flags, window, _, urgent) = TCP_FIXED.unpack_from(
+        packet, ihl)
+    ip_options, tcp_options = bytes(packet[20:ihl]), bytes(packet[ihl + 20:hlen])
+    # Every segment's sums are these constants plus what changes (length, id, seq, flags).
+    ip_const = ones_sum(IP_FIXED.pack(ver_ihl, tos, 0, 0, frag, ttl, proto, 0, src, dst)
+                        + ip_options)
+    tcp_const = (ones_sum(TCP_FIXED.pack(sport, dport, 0, ack, offset, 0, window, 0, urgent)
+                          + tcp_options) + pseudo_sum(packet, IPV4_TCP, thl))
+    payload = packet[hlen:]
+    total = len(payload)
+    if total + (total // mss + 1) * hlen > len(out):
+        raise FrameError("super packet larger than the segment buffer")
+    o = 0
+    for i, start in enumerate(range(0, total, mss)):
+        data = payload[start:start + mss]
+        n = len(data)
+        f = flags if i == 0 else flags & ~CWR
+        if start + n < total:
+            f &= ~(FIN | PSH)
+        pid = (ip_id + i) & 0xFFFF
+        length = hlen + n
+        s = (seq + start) & 0xFFFFFFFF
+        IP_FIXED.pack_into(out, o, ver_ihl, tos, length, pid, frag, ttl, proto,
+                           complement(ip_const + length + pid), src, dst)
+        out[o + 20:o + ihl] = ip_options
+        t = o + ihl
+        tcp_sum = tcp_const + n + (s >> 16) + (s & 0xFFFF) + f + ones_sum(data)
+        TCP_FIXED.pack_into(out, t, sport, dport, s, ack, offset, f, window,
+                            complement(tcp_sum), urgent)
+        out[t + 20:t + thl] = tcp_options
+        out[t + thl:t + thl + n] = data
+        o += length
+    return memoryview(out)[:o], hlen + mss
+
+
+def tcp_checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether an IPv4 TCP packet (no IP options) checks, as the receiving kernel checks."""
+    return (ones_sum(packet[12:]) + IPV4_TCP + len(packet) - 20) % 0xFFFF == 0
+
+
+class Coalescer:
+    """Turns the packets that arrived from the nodes into writes for the TUN device: runs of
+    consecutive same-flow TCP segments (equal payloads, the last maybe shorter, sequence
+    numbers contiguous, plain ACK or a closing PSH) become one super packet with a vnet
+    header asking the kernel to fill in the checksum; anything else goes as it came.
+
+    `verify`: check each segment's TCP checksum before the merge hides it (when no outer
+    checksum covered the inner packet, as with IPIP); one that fails goes alone, and the
+    kernel drops it as it drops any corrupt packet."""
+
+    def __init__(self, verify: bool) -> None:
+        self.verify = verify
+
+    def writes(self, raw: bytearray, spans: list[tuple[int, int]]) -> list[list]:
+        """The buffers of one writev per TUN write, for the packets at `spans` of `raw`."""
+        view = memoryview(raw)
+        writes: list[list] = []
+        run: list[tuple[int, int]] = []  # (start, end) of the segments being merged
+        key: tuple = ()
+        mss = next_seq = length = 0
+        for start, end in spans:
+            segment = self._segment(raw, start, end)
+            if segment is None:
+                if run:
+                    writes.append(self._merged(raw, view, run, length))
+                    run = []
+                writes.append([PLAIN, view[start:end]])
+                continue
+            pkey, hlen, seq, flags = segment
+            n = end - start - hlen
+            if run and not (pkey == key and seq == next_seq and n <= mss
+                            and length + n <= MAX_IP_LEN):
+                writes.append(self._merged(raw, view, run, length))
+                run = []
+            if not run:
+                key, mss, length = pkey, n, hlen
+            run.append((start, end))
+            length += n
+            next_seq = (seq + n) & 0xFFFFFFFF
+            if n < mss or flags & PSH:
+                writes.append(self._merged(raw, view, run, length))
+                run = []
+        if run:
+            writes.append(self._merged(raw, view, run, length))
+        return writes
+
+    def _segment(self, raw: bytearray, start: int,
+                 end: int) -> tuple[tuple, int, int, int] | None:
+        """(what must match along a run, header length, seq, flags) of a TCP segment that
+        may join a run; None for anything else (not TCP, IP options or a fragment, control
+        flags, no payload, a length not the datagram's, a failed checksum)."""
+        if end - start < 40:
+            return None
+        (ver_ihl, tos, length, _, frag, ttl, proto, _, src, dst, sport, dport, seq, ack,
+         offset, flags, window, _, urgent) = HEADERS.unpack_from(raw, start)
+        hlen = 20 + (offset >> 4) * 4
+        if (ver_ihl != 0x45 or proto != IPV4_TCP or frag & 0x3FFF or length != end - start
+                or flags & ~PSH != ACK or hlen < 40 or length <= hlen):
+            return None
+        if self.verify and not tcp_checksum_ok(raw[start:end]):
+            return None
+        key = (tos, ttl, src, dst, sport, dport, ack, offset, window, urgent,
+               raw[start + 40:start + hlen])
+        return key, hlen, seq, flags
+
+    @staticmethod
+    def _merged(raw: bytearray, view: memoryview, run: list[tuple[int, int]],
+                length: int) -> list:
+        """The writev buffers of one run: a lone segment as it came, else a vnet header
+        (TCPV4, gso_size the first payload), the first header fixed up, every payload."""
+        start, end = run[0]
+        if len(run) == 1:
+            return [PLAIN, view[start:end]]
+        hlen = 20 + (raw[start + 32] >> 4) * 4
+        header = raw[start:start + hlen]
+        U16.pack_into(header, 2, length)
+        U16.pack_into(header, 10, 0)
+        U16.pack_into(header, 10, complement(ones_sum(header[:20])))
+        header[33] = raw[run[-1][0] + 33]  # the last segment's PSH
+        # NEEDS_CSUM: the field holds the pseudo-header sum, the kernel adds the rest.
+        U16.pack_into(header, 36, pseudo_sum(header, IPV4_TCP, length - 20) % 0xFFFF or 0xFFFF)
+        vnet = VNET.pack(NEEDS_CSUM, GSO_TCPV4, hlen, end - start - hlen, 20, 16)
+        return [vnet, header, *(view[s + hlen:e] for s, e in run)]
