@@ -2,9 +2,10 @@
 
 It keeps etcd's model (store-wide revision, per-key create/mod revisions, leases, an event
 log for watches) in four tables. Writers serialise on SQLite's write lock (BEGIN
-IMMEDIATE, WAL mode); watchers poll the revision counter and read the log past what they
-have seen. Expired leases are reaped by whichever process touches the store next, so no
-daemon is needed.
+IMMEDIATE, WAL mode) and, after a commit that changed anything, ring the doorbell of every
+watch of every process (doorbell.py); a watch sleeps until rung, then reads the log past
+what it has seen. Expired leases are reaped by whichever process touches the store next,
+watches waking for the earliest expiry, so no daemon is needed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from gingham.store.contract import (
     StoreStalled,
     StoreUnavailable,
 )
+from gingham.store.doorbell import Doorbell, doorbell_dir, ring_all
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
@@ -36,7 +39,9 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 1), ('compacted', 0);
 """
-POLL_INTERVAL = 0.02
+# A watch re-reads this often even unrung: a writer killed between COMMIT and its ring, or
+# one that is not this code (the sqlite3 shell), rings nobody.
+SAFETY_REREAD = 5.0
 BUSY_TIMEOUT = 30.0  # how long a writer waits for the write lock before giving up
 LOG_KEEP = 100_000  # revisions of history kept for watchers that fall behind
 
@@ -54,6 +59,9 @@ class EmbeddedStore:
         self.timeout = timeout
         self._local = threading.local()
         self._closed = threading.Event()
+        self._doorbells = doorbell_dir(path)
+        self._watches: weakref.WeakSet[SqliteWatch] = weakref.WeakSet()
+        self._watches_lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db().executescript(SCHEMA)
@@ -79,6 +87,7 @@ class EmbeddedStore:
         def __enter__(self) -> sqlite3.Connection:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
+                self.changes = self.db.total_changes
             except sqlite3.Error as err:
                 # In WAL mode only writers wait for each other: the lock held past the
                 # timeout is the embedded store's stall, and callers expect a StoreError.
@@ -89,7 +98,12 @@ class EmbeddedStore:
             return self.db
 
         def __exit__(self, kind, value, tb) -> None:
-            self.db.execute("ROLLBACK" if kind else "COMMIT")
+            if kind:
+                self.db.execute("ROLLBACK")
+                return
+            self.db.execute("COMMIT")
+            if self.db.total_changes != self.changes:  # not a probe, nor a CAS that lost
+                ring_all(self.store._doorbells)
 
     def _write(self) -> _Txn:
         return self._Txn(self)
@@ -117,12 +131,15 @@ class EmbeddedStore:
             self._bump(db, DELETE, key, b"")
         db.execute("DELETE FROM leases WHERE id=?", (lease,))
 
-    def _reap_if_due(self) -> None:
+    def _reap_if_due(self) -> float | None:
+        """Reap if a lease has expired; returns when the earliest lease expires(d) (wall
+        clock, None: no lease)."""
         db = self._db()
         (due,) = db.execute("SELECT min(expires) FROM leases").fetchone()
         if due is not None and due < time.time():
             with self._write() as wdb:
                 self._reap(wdb)
+        return due
 
     # -- reads --------------------------------------------------------------------------
 
@@ -222,7 +239,10 @@ class EmbeddedStore:
     # -- watch --------------------------------------------------------------------------
 
     def watch(self, prefix: str, start_revision: int) -> SqliteWatch:
-        return SqliteWatch(self, prefix, start_revision)
+        watch = SqliteWatch(self, prefix, start_revision)
+        with self._watches_lock:
+            self._watches.add(watch)
+        return watch
 
     def _events_after(self, prefix: str, after: int) -> tuple[list[Event], int]:
         """Events past `after`, and the revision they are complete up to (one snapshot, so
@@ -249,6 +269,10 @@ class EmbeddedStore:
 
     def close(self) -> None:
         self._closed.set()
+        with self._watches_lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.cancel()
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
@@ -259,19 +283,33 @@ class SqliteWatch:
     def __init__(self, store: EmbeddedStore, prefix: str, start_revision: int) -> None:
         self.store, self.prefix, self.seen = store, prefix, start_revision - 1
         self._cancelled = threading.Event()
+        self._doorbell: Doorbell | None = None
 
     def cancel(self) -> None:
         self._cancelled.set()
+        doorbell = self._doorbell  # set before the iteration first looks at _cancelled
+        if doorbell is not None:
+            doorbell.stop()
 
     def __iter__(self) -> Iterator[Event]:
-        while not (self._cancelled.is_set() or self.store._closed.is_set()):
-            try:
-                self.store._reap_if_due()
-                events, rev = self.store._events_after(self.prefix, self.seen)
-            except sqlite3.Error as err:
-                raise StoreUnavailable(f"embedded store {self.store.path}: {err}") from err
-            for event in events:
-                self.seen = event.revision
-                yield event
-            self.seen = max(self.seen, rev)
-            self._cancelled.wait(POLL_INTERVAL)
+        try:
+            # Bound before the first read: a commit that read does not show rings it.
+            doorbell = self._doorbell = Doorbell(self.store._doorbells)
+        except OSError as err:
+            raise StoreUnavailable(f"embedded store {self.store.path}: no doorbell for a "
+                                   f"watch: {err}") from err
+        try:
+            while not (self._cancelled.is_set() or self.store._closed.is_set()):
+                try:
+                    due = self.store._reap_if_due()
+                    events, rev = self.store._events_after(self.prefix, self.seen)
+                except sqlite3.Error as err:
+                    raise StoreUnavailable(f"embedded store {self.store.path}: {err}") from err
+                for event in events:
+                    self.seen = event.revision
+                    yield event
+                self.seen = max(self.seen, rev)
+                doorbell.wait(SAFETY_REREAD if due is None
+                              else min(SAFETY_REREAD, max(0.0, due - time.time())))
+        finally:
+            doorbell.close()
