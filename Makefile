@@ -19,7 +19,8 @@ test-integration: setup
 	$(PY) -m pytest -q -m "integration or conformance" tests
 
 bench: setup
-	$(PY) bench/cni_latency.py && $(PY) bench/convergence.py && $(PY) bench/throughput.py
+	$(PY) bench/cni_latency.py && $(PY) bench/convergence.py && $(PY) bench/throughput.py \
+		&& $(PY) bench/idle_cpu.py
 
 lint: setup
 	.venv/bin/ruff check .

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gingham.store.contract import DELETE, PUT, Event
+from gingham.store.contract import DELETE, PUT, Event, StoreUnavailable
 from gingham.store.doorbell import STALE_AFTER, doorbell_dir
 from gingham.store.sqlite import SAFETY_REREAD, EmbeddedStore
 
@@ -195,4 +195,13 @@ def test_a_commit_that_rings_no_doorbell_is_still_seen(tmp_path):
     foreign.close()
     collector.join(SAFETY_REREAD + 2)
     assert [(e.type, e.key) for e, _ in collector.events] == [(PUT, "/k/b")]
+    store.close()
+
+
+def test_a_doorbell_directory_that_cannot_be_used_fails_the_watch_not_the_write(tmp_path):
+    store = EmbeddedStore(tmp_path / "store.db")
+    doorbell_dir(store.path).write_text("not a directory")
+    assert store.put("/k", b"v") and store.get("/k").value == b"v"
+    with pytest.raises(StoreUnavailable, match="no doorbell"):
+        next(iter(store.watch("/k", 1)))
     store.close()
