@@ -31,7 +31,7 @@ def listed(*node_elems) -> list[dict]:
         {"set": {**table, "name": "cluster", "type": "ipv4_addr", "handle": 1,
                  "flags": ["interval"], "elem": [{"prefix": {"addr": "10.244.0.0", "len": 16}}]}},
         {"set": {**table, "name": "nodes", "type": "ipv4_addr", "handle": 2,
-                 "flags": ["interval"], "elem": list(node_elems)}},
+                 "elem": list(node_elems)}},
         {"chain": {**table, "name": "postrouting", "handle": 3, "type": "nat",
                    "hook": "postrouting", "prio": 100, "policy": "accept"}},
         {"rule": {**rule, "handle": 4, "expr": [match("saddr", "@cluster"),

@@ -16,6 +16,7 @@ from gingham.dataplane import masquerade, netns, nft, sysctl
 from gingham.dataplane.bridge import ensure_bridge
 from gingham.dataplane.uplink import Uplink, find_uplink
 from gingham.model.files import render_conflist, render_subnet_env, write_atomically
+from gingham.subnet.kinds import LEASES
 
 log = logging.getLogger("gingham.agent.node")
 
@@ -61,7 +62,7 @@ class MasqueradeNodes:
     when a change did not apply."""
 
     name = "masquerade-nodes"
-    kinds: tuple[str, ...] = ()  # it reads the lease picture the routes manager keeps
+    kinds = (LEASES,)  # told of listings; the changes it reads from the routes' picture
 
     def __init__(self, config: AgentConfig, own: ipaddress.IPv4Address,
                  picture: LeasePicture, held: Callable[[], set[ipaddress.IPv4Address]],

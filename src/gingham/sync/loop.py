@@ -67,16 +67,13 @@ class ReconcileLoop:
         self._retry = {m.name: _Retry() for m in managers}
         self._problems: dict[str, list[str]] = {m.name: [] for m in managers}
         self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
-        self._idle = threading.Event()  # set while nothing is queued or dirty (for tests)
 
     def deliver(self, update: Update) -> None:
         """From any thread (the informers')."""
-        self._idle.clear()
         self._updates.put(update)
 
     def poke(self) -> None:
         """Wake the loop to look at the managers again (one was marked from outside)."""
-        self._idle.clear()
         self._updates.put(None)
 
     def start(self) -> None:
@@ -87,31 +84,35 @@ class ReconcileLoop:
         self._updates.put(None)
         self._thread.join(10)
 
-    def wait_idle(self, timeout: float) -> bool:
-        return self._idle.wait(timeout)
+    def handle(self, updates: list[Update | None]) -> None:
+        """Fold `updates` in, then apply what became dirty: one turn of the loop (tests
+        drive it with this, without the thread)."""
+        for update in updates:
+            self._dispatch(update)
+        self._apply_dirty(time.monotonic())
 
     def _run(self) -> None:
         resync_at = time.monotonic() + RESYNC_INTERVAL
+        updates: list[Update | None] = []
         while not self.stopping.is_set():
             now = time.monotonic()
             if now >= resync_at:
                 for manager in self.managers:
                     manager.resync()
                 resync_at = now + RESYNC_INTERVAL
-            self._apply_dirty(now)
-            wait = resync_at - now
+            self.handle(updates)
+            wait = resync_at - time.monotonic()
             due = [r.due for m in self.managers if m.dirty() and (r := self._retry[m.name]).due]
             if due:
-                wait = min(wait, max(0.0, min(due) - now))
-            elif not any(m.dirty() for m in self.managers) and self._updates.empty():
-                self._idle.set()
+                wait = min(wait, min(due) - time.monotonic())
             try:
-                self._dispatch(self._updates.get(timeout=max(wait, 0.001)))
+                updates = [self._updates.get(timeout=max(wait, 0.001))]
             except queue.Empty:
+                updates = []
                 continue
             while True:  # everything already queued, before any apply
                 try:
-                    self._dispatch(self._updates.get_nowait())
+                    updates.append(self._updates.get_nowait())
                 except queue.Empty:
                     break
 
