@@ -10,23 +10,23 @@ Target: at most 5% of one core for all agents of a 50-node lab on the embedded s
 etcd is measured alongside for comparison (no target). Exit 0 met, 2 missed, 1 failed.
 
     .venv/bin/python bench/idle_cpu.py [--nodes 50] [--seconds 30] [--settle 10]
-                                       [--datastores embedded,etcd]
+                                       [--datastores embedded,etcd] [--lab-prefix idle]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 
-from benchkit import BenchError, bench_lab, log, sigterm_as_interrupt
-from convergence import cpu_seconds, csv_list, wait_for_mesh
+from agentstat import cpu_seconds
+from benchkit import BenchError, bench_lab, csv_list, lab_name, log, sigterm_as_interrupt
+from convergence import wait_for_mesh
 from gingham.lab import cluster
-from gingham.lab.plan import LabPlan
+from gingham.lab.plan import LabPlan, PlanError, check_lab_name
 from gingham.lab.state import LabFiles
 
 TARGET_PCT = 5.0  # of one core, all agents together
@@ -56,8 +56,9 @@ def agents_by_node(files: LabFiles) -> dict[str, int]:
             for node in files.load().supervisors}
 
 
-def measure(datastore: str, nodes: int, seconds: float, settle: float) -> Result:
-    name = "zi" + secrets.token_hex(3)
+def measure(datastore: str, nodes: int, seconds: float, settle: float,
+            prefix: str) -> Result:
+    name = lab_name(prefix)
     log(f"{datastore}/{nodes}: building lab {name}")
     plan = LabPlan.single_segment(name, nodes, datastore=datastore, backend="host-gw")
     with bench_lab(plan) as (files, build_s):
@@ -112,19 +113,26 @@ def main() -> int:
                         help="pause after the full mesh, before measuring (default 10)")
     parser.add_argument("--datastores", default="embedded,etcd",
                         help="datastores (default embedded,etcd)")
+    parser.add_argument("--lab-prefix", default="idle",
+                        help="labs are named this (1-4 letters/digits) + 6 hex (default idle)")
     args = parser.parse_args()
     datastores = csv_list(args.datastores)
     if not 1 <= args.nodes <= 199 or args.seconds <= 0 or args.settle < 0:
         parser.error("--nodes between 1 and 199, --seconds above 0, --settle not negative")
     if not datastores or set(datastores) - {"embedded", "etcd"}:
         parser.error("--datastores takes embedded and/or etcd")
+    try:
+        check_lab_name(lab_name(args.lab_prefix))
+    except PlanError:
+        parser.error("--lab-prefix takes 1-4 lowercase letters/digits, starting with a letter")
     if os.geteuid() != 0:
         parser.error("needs root: it builds network namespaces")
     sigterm_as_interrupt()
     results: list[Result] = []
     try:
         for datastore in datastores:
-            results.append(measure(datastore, args.nodes, args.seconds, args.settle))
+            results.append(measure(datastore, args.nodes, args.seconds, args.settle,
+                                   args.lab_prefix))
     except (BenchError, cluster.LabError) as err:
         print(f"bench failed: {err}", file=sys.stderr)
         return 1
