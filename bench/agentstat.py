@@ -42,10 +42,12 @@ def memory_mib(pids: list[int]) -> tuple[float, float]:
 
 
 def resident_mib(pid: int) -> tuple[float, float]:
-    """One process's resident memory now (VmRSS) and at its peak so far (VmHWM), in MiB."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0]) / 1024
+    """One process's resident memory now (VmRSS) and at its peak so far (VmHWM), in MiB;
+    zeros if it is gone."""
+    found = {"VmRSS": 0.0, "VmHWM": 0.0}
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in found:
+                found[key] = int(value.split()[0]) / 1024
     return found["VmRSS"], found["VmHWM"]
