@@ -39,6 +39,7 @@ SOCKET_BUFFER = 4 << 20  # room for bursts of 64 KB sends and receives
 RECEIVE_BUFFER = 1 << 18  # a GRO receive, or a batch of raw ones
 RAW_BATCH = 64  # raw IPIP packets taken per batch
 SEGMENT_BUFFER = 1 << 18  # a 64 KB super packet cut at the smallest MSS still fits
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h; not in Python 3.11
 GSO_SIZE = struct.Struct("=H")
 
 Address = tuple[str, int]
@@ -62,8 +63,8 @@ class Transport(Protocol):
 
 def _big_buffers(sock: socket.socket) -> None:
     # The FORCE variants pass the netns's rmem_max/wmem_max; the agent has CAP_NET_ADMIN.
-    for option, fallback in ((socket.SO_SNDBUFFORCE, socket.SO_SNDBUF),
-                             (socket.SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+    for option, fallback in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                             (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         except PermissionError:

@@ -30,7 +30,8 @@ IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
 TCP_FIXED = struct.Struct("!HHIIBBHHH")
 HEADERS = struct.Struct(IP_FIXED.format + TCP_FIXED.format[1:])
 U16 = struct.Struct("!H")
-U32 = struct.Struct("!I")
+U32 = SEQ = struct.Struct("!I")
+IP_ID_SUM = struct.Struct("!HH")  # total length, id
 
 
 class FrameError(ValueError):
@@ -89,16 +90,19 @@ def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryvi
     (ver_ihl, tos, _, ip_id, frag, ttl, proto, _, src, dst) = IP_FIXED.unpack_from(packet)
     (sport, dport, seq, ack, offset, flags, window, _, urgent) = TCP_FIXED.unpack_from(
         packet, ihl)
-    ip_options, tcp_options = bytes(packet[20:ihl]), bytes(packet[ihl + 20:hlen])
-    # Every segment's sums are these constants plus what changes (length, id, seq, flags).
-    ip_const = ones_sum(IP_FIXED.pack(ver_ihl, tos, 0, 0, frag, ttl, proto, 0, src, dst)
-                        + ip_options)
-    tcp_const = (ones_sum(TCP_FIXED.pack(sport, dport, 0, ack, offset, 0, window, 0, urgent)
-                          + tcp_options) + pseudo_sum(packet, IPV4_TCP, thl))
+    # The headers of every segment: a template, then what changes (length, id, seq, flags,
+    # the checksums) packed over it; each sum is a constant plus what changes.
+    template = bytearray(packet[:hlen])
+    HEADERS.pack_into(template, 0, ver_ihl, tos, 0, 0, frag, ttl, proto, 0, src, dst,
+                      sport, dport, 0, ack, offset, 0, window, 0, urgent)
+    ip_const = ones_sum(template[:ihl])
+    tcp_const = ones_sum(template[ihl:]) + pseudo_sum(packet, IPV4_TCP, thl)
+    template = bytes(template)
     payload = packet[hlen:]
     total = len(payload)
     if total + (total // mss + 1) * hlen > len(out):
         raise FrameError("super packet larger than the segment buffer")
+    full = mss & 1 == 0  # even payloads sum as they are; odd ones need padding
     o = 0
     for i, start in enumerate(range(0, total, mss)):
         data = payload[start:start + mss]
@@ -109,14 +113,15 @@ def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryvi
         pid = (ip_id + i) & 0xFFFF
         length = hlen + n
         s = (seq + start) & 0xFFFFFFFF
-        IP_FIXED.pack_into(out, o, ver_ihl, tos, length, pid, frag, ttl, proto,
-                           complement(ip_const + length + pid), src, dst)
-        out[o + 20:o + ihl] = ip_options
+        data_sum = int.from_bytes(data, "big") if full and n == mss else ones_sum(data)
+        out[o:o + hlen] = template
         t = o + ihl
-        tcp_sum = tcp_const + n + (s >> 16) + (s & 0xFFFF) + f + ones_sum(data)
-        TCP_FIXED.pack_into(out, t, sport, dport, s, ack, offset, f, window,
-                            complement(tcp_sum), urgent)
-        out[t + 20:t + thl] = tcp_options
+        IP_ID_SUM.pack_into(out, o + 2, length, pid)
+        U16.pack_into(out, o + 10, 0xFFFF - (ip_const + length + pid) % 0xFFFF)
+        SEQ.pack_into(out, t + 4, s)
+        out[t + 13] = f
+        U16.pack_into(out, t + 16, 0xFFFF - (tcp_const + n + (s >> 16) + (s & 0xFFFF) + f
+                                             + data_sum) % 0xFFFF)
         out[t + thl:t + thl + n] = data
         o += length
     return memoryview(out)[:o], hlen + mss
