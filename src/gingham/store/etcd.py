@@ -33,6 +33,12 @@ from gingham.store.contract import (
 )
 
 REQUEST_TIMEOUT = 5.0
+# clientv3's WithRequireLeader, through the gateway's metadata headers: a member cut off
+# from the quorum answers "no leader" (503: ask another member) at once instead of timing
+# out, and cancels a watch of ours instead of letting it go silent.
+HEADERS = {"Content-Type": "application/json", "Grpc-Metadata-hasleader": "true"}
+# A watch check must not wait the full request timeout on the member it suspects.
+CHECK_TIMEOUT = 2.0
 
 
 def _b64(data: str | bytes) -> str:
@@ -128,7 +134,8 @@ class EtcdStore:
         n = len(self.endpoints)
         return [(self._preferred + i) % n for i in range(n)]
 
-    def _exchange(self, index: int, path: str, body: dict) -> tuple[int, bytes]:
+    def _exchange(self, index: int, path: str, body: dict,
+                  timeout: float | None = None) -> tuple[int, bytes]:
         """One request on the endpoint's kept-alive connection. A connection etcd closed
         while it sat idle (etcd restarted, or dropped it) fails at once when reused: that
         gets one retry on a fresh connection instead of counting as the endpoint down."""
@@ -136,8 +143,11 @@ class EtcdStore:
         while True:
             try:
                 conn = self._conn(index)
+                conn.timeout = timeout or self.timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(conn.timeout)
                 conn.request("POST", path, json.dumps(body),
-                             {"Content-Type": "application/json"})
+                             HEADERS)
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             except (OSError, http.client.HTTPException) as err:
@@ -147,12 +157,12 @@ class EtcdStore:
                     raise
                 reused = False  # the retry is on a fresh connection
 
-    def call(self, path: str, body: dict) -> dict:
+    def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
         failures = []
         silent = True  # every endpoint let the time run out rather than saying no
         for index in self.order():
             try:
-                status, data = self._exchange(index, path, body)
+                status, data = self._exchange(index, path, body, timeout)
             except (OSError, http.client.HTTPException) as err:
                 failures.append(f"{self.endpoints[index].url}: {describe(err)}")
                 silent = silent and isinstance(err, TimeoutError)
@@ -269,7 +279,8 @@ class EtcdStore:
             {"request_range": {**whole, "count_only": True}},
             {"request_range": {**whole, "keys_only": True, "limit": "1",
                                "min_mod_revision": str(after_revision + 1),
-                               "sort_order": "ASCEND", "sort_target": "MOD"}}]})
+                               "sort_order": "ASCEND", "sort_target": "MOD"}}]},
+            timeout=CHECK_TIMEOUT)
         counted, oldest = (r.get("response_range", {}) for r in answer.get("responses", []))
         kvs = oldest.get("kvs", [])
         return int(counted.get("count", 0)), int(kvs[0]["mod_revision"]) if kvs else 0
@@ -318,7 +329,7 @@ class EtcdWatch:
             endpoint = self.store.endpoints[index]
             conn = self.store.connect(endpoint, self.store.timeout)
             try:
-                conn.request("POST", "/v3/watch", body, {"Content-Type": "application/json"})
+                conn.request("POST", "/v3/watch", body, HEADERS)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as err:
                 conn.close()

@@ -140,7 +140,7 @@ class Informer:
 
     def _check_loop(self) -> None:
         while not self.stopping.wait(CHECK_INTERVAL):
-            if self._watch is None or time.monotonic() - self._quiet_since < CHECK_INTERVAL:
+            if self._watch is None or time.monotonic() - self._quiet_since < CHECK_INTERVAL / 2:
                 continue  # listing, or changes are arriving: the watch is alive
             why = self._stalled()
             if why and not self.stopping.is_set():
