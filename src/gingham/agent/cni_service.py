@@ -36,6 +36,7 @@ from gingham.cni.spec import (
 from gingham.cni.wire import PluginCall
 from gingham.dataplane import netns, podlink
 from gingham.dataplane.bridge import ensure_bridge, link_index
+from gingham.dataplane.unlink import Unlinker
 from gingham.ipam.hostlocal import HostLocalIpam
 from gingham.ipam.ranges import AddressRange
 from gingham.ipam.store import Owner
@@ -58,6 +59,7 @@ class CniService:
         self.config = config
         self.mtu = mtu
         self.ipam = HostLocalIpam(config.ipam_dir)
+        self.unlinker = Unlinker()
         self._local = threading.local()
         self._handlers: dict[tuple[str, str], Handler] = {
             ("main", "ADD"): self.main_add,
@@ -289,8 +291,13 @@ class CniService:
         # Deleting the host end deletes the pair. The pod's CNI_IFNAME is never removed on
         # its own: without our host end it is not our veth (e.g. DEL cleaning up an ADD that
         # failed because another attachment or plugin already owns that name).
-        podlink.remove_link(self.node(), podlink.host_veth_name(env.container_id, env.ifname))
+        # Answered once both ends are unlinked, before the kernel frees them (see unlink):
+        # a following ADD of this attachment finds both names free.
+        self.unlinker.delete(podlink.host_veth_name(env.container_id, env.ifname))
         self._ipam_del(env, conf)
+
+    def close(self) -> None:
+        self.unlinker.close()
 
     def main_check(self, env: PluginEnv, conf: NetConf) -> None:
         if conf.prev_result is None:

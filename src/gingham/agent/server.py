@@ -60,6 +60,7 @@ class PluginServer:
         self.path.unlink(missing_ok=True)
         for thread in self._threads:
             thread.join()
+        self.service.close()
 
     def _work(self) -> None:
         assert self.sock is not None

@@ -166,6 +166,17 @@ def _ack_text(buf: bytes, at: int, size: int, flags: int) -> str:
     return text.rstrip(b"\0").decode(errors="replace")
 
 
+def messages(datagram: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, body) of each netlink message in a datagram, up to the first malformed one."""
+    at = 0
+    while at + NLMSG_HEADER.size <= len(datagram):
+        size, kind, _, _, _ = NLMSG_HEADER.unpack_from(datagram, at)
+        if size < NLMSG_HEADER.size:
+            return
+        yield kind, datagram[at + NLMSG_HEADER.size:at + size]
+        at += (size + 3) & ~3
+
+
 def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
     """The netlink attributes in data[offset:], by type (the last of any repeated one)."""
     found = {}

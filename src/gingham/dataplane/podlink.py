@@ -27,7 +27,7 @@ ENODEV = 19
 ESRCH = 3
 
 # <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>
-RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
@@ -81,6 +81,11 @@ def get_link(name: str) -> Message:
     return (RTM_GETLINK, 0,
             IFINFO.pack(0, 0, 0, 0, 0) + _name(name)
             + _attr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS)))
+
+
+def del_link(name: str) -> Message:
+    """RTM_DELLINK by name: acknowledged once the kernel has freed it (see unlink), or ENODEV."""
+    return RTM_DELLINK, 0, IFINFO.pack(0, 0, 0, 0, 0) + _name(name)
 
 
 def parse_link(bodies: list[bytes]) -> tuple[int, str]:
