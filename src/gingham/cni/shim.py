@@ -1,7 +1,8 @@
 """The CNI plugin executable: a thin forwarder to the node's gingham agent.
 
 `gingham install-cni` writes this file, precompiled (see install.py), as `gingham` and
-`gingham-ipam`, headed by the venv's python with -IS. A runtime execs it once per pod, so it
+`gingham-ipam`, headed by a python with -IS (the venv's or the system's, whichever starts
+faster: it needs only the standard library). A runtime execs it once per pod, so it
 imports only modules that are built in or already loaded at start: `json` or `socket` alone
 would double its start time, and even `os` costs ~1 ms (it pulls in `_collections_abc`), so
 the environment comes from `posix`, which the interpreter has loaded before running us. It
