@@ -79,6 +79,23 @@ def test_exhaustion_is_a_clear_error(tmp_path):
     assert err.value.code == ADDRESSES_EXHAUSTED
 
 
+def test_ranges_of_two_pools_and_of_one_pool(tmp_path):
+    """A request's pools are locked together; two ranges may share one (locked once), and
+    concurrent requests naming them in opposite orders must not wait on each other."""
+    ipam = HostLocalIpam(tmp_path)
+    low = AddressRange.from_spec(RangeSpec(NET, A("10.244.3.10"), A("10.244.3.10")))
+    high = AddressRange.from_spec(RangeSpec(NET, A("10.244.3.20"), A("10.244.3.29")))
+    other = AddressRange.for_subnet(ipaddress.IPv4Network("10.9.0.0/24"))
+    assert ipam.allocate([low, high], owner(1)) == (low, A("10.244.3.10"))
+    assert ipam.allocate([low, high], owner(2)) == (high, A("10.244.3.20"))
+    assert ipam.allocate([high, low], owner(1)) == (low, A("10.244.3.10"))  # already held
+    orders = ([other, high], [high, other])
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: ipam.allocate(orders[i % 2], owner(10 + i))[1],
+                            range(16)))
+    assert len(set(got)) == 16 and all(a in high or a in other for a in got)
+
+
 def test_concurrent_allocations_never_share_an_address(tmp_path):
     ipam = HostLocalIpam(tmp_path)
     rng = [AddressRange.for_subnet(NET)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 from pathlib import Path
@@ -34,13 +35,18 @@ class HostLocalIpam:
         self, ranges: list[AddressRange], owner: Owner
     ) -> tuple[AddressRange, ipaddress.IPv4Address]:
         """Reserve one address for the attachment; the same one again if it already has one."""
-        for rng in ranges:
-            with self._pool(rng.key).locked() as pool:
-                for address, holder in pool.reservations().items():
+        with contextlib.ExitStack() as stack:
+            # Every pool of the request locked once, all at once and in one order (no two
+            # calls wait on each other): the look for a held address and the reservation
+            # are one step.
+            pools = {key: stack.enter_context(self._pool(key).locked())
+                     for key in sorted({rng.key for rng in ranges})}
+            for rng in ranges:
+                for address, holder in pools[rng.key].reservations().items():
                     if holder.same_attachment(owner.container_id, owner.ifname) and address in rng:
                         return rng, address
-        for rng in ranges:
-            with self._pool(rng.key).locked() as pool:
+            for rng in ranges:
+                pool = pools[rng.key]
                 taken = pool.reservations()
                 for candidate in rng.candidates(pool.last_reserved()):
                     if candidate not in taken and pool.reserve(candidate, owner):
