@@ -7,6 +7,9 @@ reference alternate pod by pod, and which one goes first alternates too, so back
 on the box falls on both alike.
 
     .venv/bin/python bench/cni_latency.py [--pods 100]
+
+Exits 0 when Gingham's median ADD and median DEL are each at most TARGET_RATIO times the
+reference's, 2 when either is not, 1 when the run itself failed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ WARMUP = 3  # per plugin, untimed: the first ADD of the reference creates its br
 BATCH = 200
 REF_BRIDGE = "cni1"
 REF_SUBNET = "10.99.0.0/16"
+TARGET_RATIO = {"ADD": 0.9, "DEL": 0.9}  # issue 9: median gingham/reference, each at most
+MISSED = 2
 
 
 @dataclass
@@ -151,7 +156,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def report(plugins: list[Plugin], pods: int, seconds: float) -> None:
+def report(plugins: list[Plugin], pods: int, seconds: float) -> bool:
+    """Print the table, the ratios against their targets; True if every target is met."""
     print(f"\nCNI latency, {pods} pods per plugin, one lab node ({seconds:.1f}s total)")
     print(f"{'plugin':<10} {'op':<4} {'min':>8} {'median':>8} {'p95':>8}   (ms)")
     for plugin in plugins:
@@ -160,9 +166,15 @@ def report(plugins: list[Plugin], pods: int, seconds: float) -> None:
             print(f"{plugin.label:<10} {command:<4} {min(ms):8.2f} {statistics.median(ms):8.2f} "
                   f"{percentile(ms, 95):8.2f}")
     ours, ref = plugins
+    met = True
     for command in ("ADD", "DEL"):
         ratio = statistics.median(ours.samples[command]) / statistics.median(ref.samples[command])
-        print(f"median {command} ratio gingham/reference: {ratio:.2f}")
+        target = TARGET_RATIO[command]
+        verdict = "met" if ratio <= target else "MISSED"
+        met = met and ratio <= target
+        print(f"median {command} ratio gingham/reference: {ratio:.2f} (target <= {target:.2f}: "
+              f"{verdict})")
+    return met
 
 
 def main() -> int:
@@ -191,8 +203,7 @@ def main() -> int:
                 count = min(BATCH, args.pods - done)
                 run_batch(args.lab, plugins, WARMUP + done, count, timed=True)
                 done += count
-        report(plugins, args.pods, time.monotonic() - started)
-        return 0
+        return 0 if report(plugins, args.pods, time.monotonic() - started) else MISSED
     except (BenchError, cluster.LabError) as err:
         print(f"bench failed: {err}", file=sys.stderr)
         return 1
