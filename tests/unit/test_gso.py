@@ -178,3 +178,18 @@ def gso_fixed(packet: bytes, fix: bool = True) -> bytes:
         pseudo = out[12:20] + struct.pack("!BBH", 0, 6, len(out) - 20)
         struct.pack_into("!H", out, 36, slow_checksum(bytes(pseudo + out[20:])))
     return bytes(out)
+
+
+def test_ip_options_are_kept_on_every_segment():
+    packet = super_packet(random.Random(4).randbytes(5000), options=b"")
+    ip_options = bytes([1, 1, 1, 0])  # NOP NOP NOP EOL
+    ip = bytearray(packet[:20] + ip_options)
+    ip[0] = 0x46
+    struct.pack_into("!H", ip, 2, len(packet) + 4)
+    with_options = bytes(ip) + packet[20:]
+    vnet = gso.VNET.pack(gso.NEEDS_CSUM, gso.GSO_TCPV4, 44, 1400, 24, 16)
+    view, size = gso.outbound(memoryview(bytearray(vnet + with_options)), bytearray(1 << 16))
+    segments = split(view, size)
+    assert len(segments) == 4 and all(s[20:24] == ip_options for s in segments)
+    assert all(checks(s[:24]) and tcp_checks(s) for s in segments)
+    assert b"".join(s[44:] for s in segments) == packet[40:]

@@ -30,7 +30,7 @@ IP_FIXED = struct.Struct("!BBHHHBBH4s4s")
 TCP_FIXED = struct.Struct("!HHIIBBHHH")
 HEADERS = struct.Struct(IP_FIXED.format + TCP_FIXED.format[1:])
 U16 = struct.Struct("!H")
-U32 = SEQ = struct.Struct("!I")
+SEQ = struct.Struct("!I")
 IP_ID_SUM = struct.Struct("!HH")  # total length, id
 
 
@@ -93,8 +93,8 @@ def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryvi
     # The headers of every segment: a template, then what changes (length, id, seq, flags,
     # the checksums) packed over it; each sum is a constant plus what changes.
     template = bytearray(packet[:hlen])
-    HEADERS.pack_into(template, 0, ver_ihl, tos, 0, 0, frag, ttl, proto, 0, src, dst,
-                      sport, dport, 0, ack, offset, 0, window, 0, urgent)
+    IP_FIXED.pack_into(template, 0, ver_ihl, tos, 0, 0, frag, ttl, proto, 0, src, dst)
+    TCP_FIXED.pack_into(template, ihl, sport, dport, 0, ack, offset, 0, window, 0, urgent)
     ip_const = ones_sum(template[:ihl])
     tcp_const = ones_sum(template[ihl:]) + pseudo_sum(packet, IPV4_TCP, thl)
     template = bytes(template)
