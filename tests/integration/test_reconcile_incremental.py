@@ -20,7 +20,6 @@ from gingham.agent.status import AgentStatus, StatusFile
 from gingham.backends.hostgw import HostGwBackend
 from gingham.backends.vxlan import VxlanBackend, VxlanOptions
 from gingham.dataplane import masquerade, netns
-from gingham.dataplane.routes import read_routes
 from gingham.dataplane.uplink import find_uplink
 from gingham.dataplane.vxlan import NUD_PERMANENT
 from gingham.lab import procs
@@ -48,8 +47,11 @@ def node_netns():
 
 
 def kernel_state(vtep: int | None) -> dict:
+    """Read with pyroute2, not with the raw dumps the code under test uses."""
     with netns.iproute() as ipr:
-        routes, _ = read_routes(ipr)
+        routes = {(r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_GATEWAY"),
+                   r.get_attr("RTA_OIF"), r["flags"])
+                  for r in ipr.get_routes(family=2, table=254) if r["proto"] == 71}
         state = {"routes": routes, "nodes": masquerade.programmed_nodes()}
         if vtep is not None:
             state["neigh"] = {(n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
@@ -84,7 +86,7 @@ class Node:
                              pod_subnet=own.subnet, ip_masq=True)
         self.masq = MasqueradeNodes(config, own.attrs.public_ip, self.picture,
                                     self.routes.node_gateways, set())
-        self.loop = ReconcileLoop([self.routes, self.masq])
+        self.loop = ReconcileLoop([self.masq, self.routes])
 
     def resync(self) -> None:
         for manager in self.loop.managers:

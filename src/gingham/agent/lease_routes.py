@@ -15,12 +15,11 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from pyroute2 import IPRoute
-
 from gingham.agent.lease_picture import LeasePicture
 from gingham.agent.status import StatusFile
 from gingham.backends.base import Backend, BackendPlan
-from gingham.dataplane import netns
+from gingham.dataplane import rtmsg
+from gingham.dataplane.netns import Rtnl
 from gingham.dataplane.routes import RouteIntent, RouteTaken, read_routes
 from gingham.subnet.kinds import LEASES
 from gingham.subnet.lease import Lease
@@ -36,6 +35,7 @@ class PlanTally:
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
+        self.routes = 0  # intents of kind "route" held, kept as they come and go
 
     @staticmethod
     def intents(plan: BackendPlan) -> list[tuple[str, object]]:
@@ -47,10 +47,13 @@ class PlanTally:
         needed before the batch began."""
         gone, came = set(self.intents(old)), set(self.intents(new))
         for intent, step in [*((i, -1) for i in gone - came), *((i, 1) for i in came - gone)]:
-            before.setdefault(intent, self.counts[intent] > 0)
+            held = self.counts[intent] > 0
+            before.setdefault(intent, held)
             self.counts[intent] += step
             if self.counts[intent] <= 0:
                 del self.counts[intent]
+            if intent[0] == "route":
+                self.routes += (intent in self.counts) - held
 
     def delta(self, before: dict) -> tuple[BackendPlan, BackendPlan]:
         added, removed = BackendPlan(), BackendPlan()
@@ -59,9 +62,6 @@ class PlanTally:
             if now != was:
                 _put(added if now else removed, intent)
         return added, removed
-
-    def routes(self) -> int:
-        return sum(1 for kind, _ in self.counts if kind == "route")
 
 
 def _put(plan: BackendPlan, intent: tuple[str, object]) -> None:
@@ -99,7 +99,7 @@ class LeaseRoutes:
         self.held: set[RouteIntent] = set()  # routes kept for leases that do not decode
         self.kernel_problems: list[str] = []
         self.reported = True  # whether the problems returned last are still the problems
-        self._ipr: IPRoute | None = None
+        self._rtnl: Rtnl | None = None
 
     # -- folding changes in (no I/O) ------------------------------------------------------
 
@@ -143,9 +143,9 @@ class LeaseRoutes:
                 self.full = True  # what reached the kernel is unknown: the retry reads it
                 self._close()
                 raise
-        own = self.own().subnet
-        self.status.update(routes=self.tally.routes() + len(self.held),
-                           peers=sum(1 for subnet in self.picture.leases if subnet != own))
+        leases = self.picture.leases
+        self.status.update(routes=self.tally.routes + len(self.held),
+                           peers=len(leases) - (self.own().subnet in leases))
         return self.problems()
 
     def problems(self) -> list[str]:
@@ -205,15 +205,15 @@ class LeaseRoutes:
         added, removed = self.tally.delta(before)
         self.backend.apply_changes(self._netlink(), added, removed)
 
-    def _netlink(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = netns.iproute()
-        return self._ipr
+    def _netlink(self) -> Rtnl:
+        if self._rtnl is None:
+            self._rtnl = rtmsg.rtnl()
+        return self._rtnl
 
     def _close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
     def node_gateways(self) -> set[ipaddress.IPv4Address]:
         """Next hops of held routes: nodes the leases no longer name but still reach."""

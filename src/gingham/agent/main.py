@@ -100,9 +100,10 @@ class Agent:
         follower = ConfigFollower(config_key(m.registry.prefix),
                                   lambda stored: self._follow(m, stored, config, uplink,
                                                               routes, masq))
-        # The fixed order: a new backend before the routes through it, routes before the
-        # node set (pod traffic to a new node needs its route first).
-        self.loop = ReconcileLoop([follower, routes, masq], self._report)
+        # The fixed order: a new backend before anything through it; sets before routes
+        # (a node's address is in the masquerade node set before its pods are routed, and
+        # the routes manager's status says "synced" only once both are done).
+        self.loop = ReconcileLoop([follower, masq, routes], self._report)
         self.informers = [Informer(m.registry.store, kind, self.loop.deliver)
                           for kind in (ConfigKind(m.registry.prefix),
                                        LeaseKind(m.registry.prefix))]

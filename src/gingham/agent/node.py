@@ -91,9 +91,9 @@ class MasqueradeNodes:
                                         or self.held() != self._held)
 
     def apply(self) -> list[str]:
-        if not self.config.ip_masq:
+        if not self.config.ip_masq:  # no table to keep
             self.picture.take_node_changes()
-            self.full = False
+            self.full, self._held = False, self.held()
             return []
         if not self.full and self.held() == self._held:
             added, removed = set(), set()

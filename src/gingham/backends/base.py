@@ -6,13 +6,15 @@ I/O, so it is unit-tested; `apply` makes the kernel match the plan and is safe t
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pyroute2 import IPRoute
 
-from gingham.dataplane import netns, tunl0
-from gingham.dataplane.routes import RouteIntent, apply_routes, remove_route, set_route
+from gingham.dataplane import rtmsg, tunl0
+from gingham.dataplane.netns import Rtnl
+from gingham.dataplane.routes import RouteIntent, apply_routes, route_message, taken
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import FdbIntent, NeighIntent, remove_vteps
 from gingham.subnet.lease import Lease
@@ -60,7 +62,7 @@ class Backend(Protocol):
         on the way. The resync path: always right, costs what the cluster's size costs."""
         ...
 
-    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
+    def apply_changes(self, rtnl: Rtnl, added: BackendPlan, removed: BackendPlan) -> None:
         """Add what `added` has and remove what `removed` has, trusting that the kernel holds
         what was applied before: no dump, so a change costs the same at any cluster size.
         Raises RouteTaken if a route to add is there already (a resync sorts it out)."""
@@ -87,8 +89,8 @@ class LeaseBackend:
                 plan.merge(self.plan_lease(own, lease))
         return plan
 
-    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
-        change_routes(ipr, added.routes, removed.routes)
+    def apply_changes(self, rtnl: Rtnl, added: BackendPlan, removed: BackendPlan) -> None:
+        send_changes(rtnl, route_changes(added.routes, removed.routes))
 
     def refused(self, lease: Lease) -> BackendPlan | None:
         """The plan for a lease of another backend's type: none, with the reason."""
@@ -99,20 +101,23 @@ class LeaseBackend:
                                      f"{lease.attrs.backend_type}; not routed"])
 
 
-def change_routes(ipr: IPRoute, added: set[RouteIntent], removed: set[RouteIntent]) -> None:
+def route_changes(added: set[RouteIntent], removed: set[RouteIntent]) -> list[rtmsg.Message]:
     """A destination in both is replaced in place; one only in `added` is new to Gingham."""
     had, keeps = {r.dst for r in removed}, {r.dst for r in added}
-    for route in sorted(removed):
-        if route.dst not in keeps:
-            remove_route(ipr, route)
-    for route in sorted(added):
-        set_route(ipr, route, new=route.dst not in had)
+    return ([route_message(False, r) for r in sorted(removed) if r.dst not in keeps]
+            + [route_message(True, r, new=r.dst not in had) for r in sorted(added)])
 
 
-def program_routes(ipr: IPRoute, routes: set[RouteIntent]) -> list[str]:
+def send_changes(rtnl: Rtnl, messages: list[rtmsg.Message]) -> None:
+    """One batch, in order; deleting what is gone already is fine, adding a route that is
+    there already raises RouteTaken once the rest has run."""
+    taken(rtmsg.send(rtnl, messages, tolerated=rtmsg.GONE | {errno.EEXIST}))
+
+
+def program_routes(rtnl: Rtnl, routes: set[RouteIntent]) -> list[str]:
     """Make Gingham's routes exactly `routes`; a destination someone else's route already
     holds is left alone and returned as a problem."""
-    diff = apply_routes(ipr, routes)
+    diff = apply_routes(rtnl, routes)
     return [f"route to {dst} exists and is not Gingham's; left alone" for dst in diff.blocked]
 
 
@@ -129,9 +134,9 @@ class RoutesOnlyBackend(LeaseBackend):
     """A backend whose whole dataplane, once set up, is its `proto 71` routes."""
 
     def apply(self, plan: BackendPlan) -> list[str]:
-        with netns.iproute() as ipr:
-            return program_routes(ipr, plan.routes)
+        with rtmsg.rtnl() as rtnl:
+            return program_routes(rtnl, plan.routes)
 
     def teardown(self) -> None:
-        with netns.iproute() as ipr:
-            apply_routes(ipr, set())
+        with rtmsg.rtnl() as rtnl:
+            apply_routes(rtnl, set())

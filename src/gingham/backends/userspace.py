@@ -10,18 +10,18 @@ talk to us).
 
 from __future__ import annotations
 
-from pyroute2 import IPRoute
-
 from gingham.backends.base import (
     BackendPlan,
     LeaseBackend,
-    change_routes,
     clear_earlier_tunnels,
     program_routes,
+    route_changes,
+    send_changes,
 )
 from gingham.backends.tunnel_engine import IpipTransport, Transport, TunnelEngine, UdpTransport
-from gingham.dataplane import netns
+from gingham.dataplane import netns, rtmsg
 from gingham.dataplane.bridge import link_index
+from gingham.dataplane.netns import Rtnl
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.tun import open_tun
 from gingham.dataplane.uplink import Uplink
@@ -77,20 +77,20 @@ class UserspaceBackend(LeaseBackend):
     def apply(self, plan: BackendPlan) -> list[str]:
         assert self.engine is not None
         self.engine.update(plan.peers)  # before the routes: no packet meets an unknown peer
-        with netns.iproute() as ipr:
-            return program_routes(ipr, plan.routes)
+        with rtmsg.rtnl() as rtnl:
+            return program_routes(rtnl, plan.routes)
 
-    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
+    def apply_changes(self, rtnl: Rtnl, added: BackendPlan, removed: BackendPlan) -> None:
         assert self.engine is not None
         for subnet, address in added.peers.items():
             self.engine.change(subnet, address)
-        change_routes(ipr, added.routes, removed.routes)
+        send_changes(rtnl, route_changes(added.routes, removed.routes))
         for subnet in removed.peers.keys() - added.peers.keys():
             self.engine.change(subnet, None)
 
     def teardown(self) -> None:
-        with netns.iproute() as ipr:
-            apply_routes(ipr, set())
+        with rtmsg.rtnl() as rtnl:
+            apply_routes(rtnl, set())
         if self.engine is not None:
             self.engine.stop()  # closing the fd removes the device
             self.engine = None

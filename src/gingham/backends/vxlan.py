@@ -13,18 +13,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from gingham.backends.base import (
     BackendPlan,
     LeaseBackend,
-    change_routes,
     clear_earlier_tunnels,
     program_routes,
+    route_changes,
+    send_changes,
 )
 from gingham.backends.hostgw import direct_route
 from gingham.backends.options import BackendConfigError, check_known, int_option
-from gingham.dataplane import netns
+from gingham.dataplane import netns, rtmsg
+from gingham.dataplane.netns import Rtnl
 from gingham.dataplane.routes import RouteIntent, apply_routes
 from gingham.dataplane.uplink import Uplink
 from gingham.dataplane.vxlan import (
@@ -34,11 +34,9 @@ from gingham.dataplane.vxlan import (
     apply_fdb,
     apply_neighbours,
     ensure_vtep,
-    remove_fdb,
-    remove_neighbour,
+    fdb_message,
+    neigh_message,
     remove_vteps,
-    set_fdb,
-    set_neighbour,
     stable_mac,
 )
 from gingham.model.network import BackendConfig
@@ -123,30 +121,29 @@ class VxlanBackend(LeaseBackend):
 
     def apply(self, plan: BackendPlan) -> list[str]:
         assert self.index is not None
-        with netns.iproute() as ipr:
+        with rtmsg.rtnl() as rtnl:
             # Neighbour and FDB first: a route must never point at a peer not yet known.
-            apply_neighbours(ipr, self.index, plan.neighbours)
-            apply_fdb(ipr, self.index, plan.fdb)
-            return program_routes(ipr, plan.routes)
+            apply_neighbours(rtnl, self.index, plan.neighbours)
+            apply_fdb(rtnl, self.index, plan.fdb)
+            return program_routes(rtnl, plan.routes)
 
-    def apply_changes(self, ipr: IPRoute, added: BackendPlan, removed: BackendPlan) -> None:
-        assert self.index is not None
-        # As in apply: a route never points at a peer the VTEP does not know yet.
-        for neigh in sorted(added.neighbours):
-            set_neighbour(ipr, self.index, neigh)
-        for entry in sorted(added.fdb):
-            set_fdb(ipr, self.index, entry)
-        change_routes(ipr, added.routes, removed.routes)
-        # An entry replaced under the same key (IP, MAC) is not removed after.
+    def apply_changes(self, rtnl: Rtnl, added: BackendPlan, removed: BackendPlan) -> None:
+        index = self.index
+        assert index is not None
+        # As in apply: a route never points at a peer the VTEP does not know yet. An entry
+        # replaced under the same key (IP, MAC) is not removed after.
         kept_ips, kept_macs = {n.ip for n in added.neighbours}, {f.mac for f in added.fdb}
-        for neigh in sorted(removed.neighbours):
-            if neigh.ip not in kept_ips:
-                remove_neighbour(ipr, self.index, neigh)
-        for entry in sorted(removed.fdb):
-            if entry.mac not in kept_macs:
-                remove_fdb(ipr, self.index, entry)
+        send_changes(rtnl, [
+            *(neigh_message(True, index, n) for n in sorted(added.neighbours)),
+            *(fdb_message(True, index, f) for f in sorted(added.fdb)),
+            *route_changes(added.routes, removed.routes),
+            *(neigh_message(False, index, n) for n in sorted(removed.neighbours)
+              if n.ip not in kept_ips),
+            *(fdb_message(False, index, f) for f in sorted(removed.fdb)
+              if f.mac not in kept_macs)])
 
     def teardown(self) -> None:
+        with rtmsg.rtnl() as rtnl:
+            apply_routes(rtnl, set())
         with netns.iproute() as ipr:
-            apply_routes(ipr, set())
             remove_vteps(ipr)

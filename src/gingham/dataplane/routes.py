@@ -11,13 +11,12 @@ import errno
 import ipaddress
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from gingham.dataplane import rtmsg
+from gingham.dataplane.netns import Rtnl
 
 GINGHAM_PROTO = 71  # free in /etc/iproute2/rt_protos; `ip route show proto 71`
 MAIN_TABLE = 254
-RTNH_F_ONLINK = 4  # pyroute2 ignores onlink=True; the flag must be passed as flags=4
-ESRCH = 3
+RTNH_F_ONLINK = 4  # rtm_flags
 
 
 class RouteTaken(RuntimeError):
@@ -50,56 +49,37 @@ def diff_routes(desired: set[RouteIntent], owned: set[RouteIntent],
     )
 
 
-def _dst(route) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}")
-
-
-def read_routes(ipr: IPRoute) -> tuple[set[RouteIntent], set[ipaddress.IPv4Network]]:
+def read_routes(rtnl: Rtnl) -> tuple[set[RouteIntent], set[ipaddress.IPv4Network]]:
     """Gingham's IPv4 main-table routes, and the destinations of everyone else's."""
     owned, foreign = set(), set()
-    for route in ipr.get_routes(family=2, table=MAIN_TABLE):
-        if route["proto"] == GINGHAM_PROTO:
-            gateway = route.get_attr("RTA_GATEWAY")
-            owned.add(RouteIntent(_dst(route),
-                                  ipaddress.IPv4Address(gateway) if gateway else None,
-                                  route.get_attr("RTA_OIF"), bool(route["flags"] & RTNH_F_ONLINK)))
-        elif route["type"] == 1:  # unicast; local/broadcast entries live in other tables
-            foreign.add(_dst(route))
+    for route in rtmsg.dump_routes(rtnl):
+        if route.table != MAIN_TABLE:
+            continue
+        if route.proto == GINGHAM_PROTO:
+            owned.add(RouteIntent(route.dst, route.gateway, route.oif or 0,
+                                  bool(route.flags & RTNH_F_ONLINK)))
+        elif route.type == 1:  # unicast; local/broadcast entries live in other tables
+            foreign.add(route.dst)
     return owned, foreign
 
 
-def apply_routes(ipr: IPRoute, desired: set[RouteIntent]) -> RouteDiff:
-    owned, foreign = read_routes(ipr)
+def apply_routes(rtnl: Rtnl, desired: set[RouteIntent]) -> RouteDiff:
+    owned, foreign = read_routes(rtnl)
     diff = diff_routes(desired, owned, foreign)
-    for route in diff.to_remove:
-        remove_route(ipr, route)
-    for route in diff.to_set:
-        set_route(ipr, route)
+    rtmsg.send(rtnl, [route_message(False, r) for r in diff.to_remove]
+               + [route_message(True, r) for r in diff.to_set], tolerated=rtmsg.GONE)
     return diff
 
 
-def remove_route(ipr: IPRoute, route: RouteIntent) -> None:
-    """Delete Gingham's route to route.dst; the kernel matches the protocol, so a route
-    someone else holds there is never the one deleted."""
-    try:
-        ipr.route("del", dst=str(route.dst), table=MAIN_TABLE, proto=GINGHAM_PROTO)
-    except NetlinkError as err:
-        if err.code != ESRCH:
-            raise
+def route_message(add: bool, route: RouteIntent, new: bool = False) -> rtmsg.Message:
+    """Install or replace (delete) Gingham's route. `new`: the destination is not known to
+    hold a route of Gingham's, so it is only added (EEXIST if one is there). A delete names
+    the protocol, so a route someone else holds there is never the one deleted."""
+    return rtmsg.route_message(add, route.dst, route.gateway, route.oif, route.onlink,
+                               MAIN_TABLE, GINGHAM_PROTO, exclusive=new)
 
 
-def set_route(ipr: IPRoute, route: RouteIntent, new: bool = False) -> None:
-    """Install or replace Gingham's route. `new`: the destination is not known to hold a
-    route of Gingham's, so it is only added, and RouteTaken says one is there already."""
-    spec: dict = {"dst": str(route.dst), "oif": route.oif, "table": MAIN_TABLE,
-                  "proto": GINGHAM_PROTO}
-    if route.gateway is not None:
-        spec["gateway"] = str(route.gateway)
-    if route.onlink:
-        spec["flags"] = RTNH_F_ONLINK
-    try:
-        ipr.route("add" if new else "replace", **spec)
-    except NetlinkError as err:
-        if err.code == errno.EEXIST:
-            raise RouteTaken(f"a route to {route.dst} exists already") from err
-        raise
+def taken(results: list[int]) -> None:
+    """Raise RouteTaken if an exclusive add of a batch met a route already there."""
+    if errno.EEXIST in results:
+        raise RouteTaken("a route to add exists already")

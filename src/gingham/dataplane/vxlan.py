@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from gingham.dataplane import rtmsg
 from gingham.dataplane.bridge import link_index
+from gingham.dataplane.netns import Rtnl
 
 VTEP_NAME = re.compile(r"^flannel\.\d+$")
 NUD_PERMANENT = 0x80
@@ -104,50 +106,38 @@ def ensure_vtep(ipr: IPRoute, spec: VtepSpec) -> int:
     return index
 
 
-def apply_neighbours(ipr: IPRoute, index: int, desired: set[NeighIntent]) -> None:
-    have = {NeighIntent(ipaddress.IPv4Address(n.get_attr("NDA_DST")), n.get_attr("NDA_LLADDR"))
-            for n in ipr.get_neighbours(ifindex=index, family=2)
-            if n["state"] & NUD_PERMANENT and n.get_attr("NDA_LLADDR")}
-    for gone in sorted(have - desired):
-        remove_neighbour(ipr, index, gone)
-    for new in sorted(desired - have):
-        set_neighbour(ipr, index, new)
+def neigh_message(add: bool, index: int, neigh: NeighIntent) -> rtmsg.Message:
+    return rtmsg.neigh_message(add, index, neigh.ip, neigh.mac, NUD_PERMANENT)
 
 
-def set_neighbour(ipr: IPRoute, index: int, neigh: NeighIntent) -> None:
-    ipr.neigh("replace", dst=str(neigh.ip), lladdr=neigh.mac, ifindex=index,
-              state=NUD_PERMANENT)
+def fdb_message(add: bool, index: int, entry: FdbIntent) -> rtmsg.Message:
+    return rtmsg.fdb_message(add, index, entry.mac, entry.dst, NUD_PERMANENT, NTF_SELF)
 
 
-def remove_neighbour(ipr: IPRoute, index: int, neigh: NeighIntent) -> None:
-    try:
-        ipr.neigh("del", dst=str(neigh.ip), lladdr=neigh.mac, ifindex=index)
-    except NetlinkError as err:
-        if err.code != errno.ENOENT:
-            raise
+def apply_neighbours(rtnl: Rtnl, index: int, desired: set[NeighIntent]) -> None:
+    have = set()
+    for state, _, attrs in rtmsg.dump_neighbours(rtnl, 2, index):
+        if state & NUD_PERMANENT and rtmsg.NDA_LLADDR in attrs and rtmsg.NDA_DST in attrs:
+            have.add(NeighIntent(ipaddress.IPv4Address(attrs[rtmsg.NDA_DST]),
+                                 _mac_text(attrs[rtmsg.NDA_LLADDR])))
+    rtmsg.send(rtnl, [neigh_message(False, index, n) for n in sorted(have - desired)]
+               + [neigh_message(True, index, n) for n in sorted(desired - have)],
+               tolerated=rtmsg.GONE)
 
 
-def apply_fdb(ipr: IPRoute, index: int, desired: set[FdbIntent]) -> None:
-    have = {FdbIntent(f.get_attr("NDA_LLADDR"), ipaddress.IPv4Address(f.get_attr("NDA_DST")))
-            for f in ipr.fdb("dump", ifindex=index)
-            if f.get_attr("NDA_DST") and f.get_attr("NDA_LLADDR") != "00:00:00:00:00:00"}
-    for gone in sorted(have - desired):
-        remove_fdb(ipr, index, gone)
-    for new in sorted(desired - have):
-        set_fdb(ipr, index, new)
+def apply_fdb(rtnl: Rtnl, index: int, desired: set[FdbIntent]) -> None:
+    have = set()
+    for _, _, attrs in rtmsg.dump_neighbours(rtnl, rtmsg.AF_BRIDGE, index):
+        mac = _mac_text(attrs.get(rtmsg.NDA_LLADDR, b""))
+        if rtmsg.NDA_DST in attrs and mac != "00:00:00:00:00:00":
+            have.add(FdbIntent(mac, ipaddress.IPv4Address(attrs[rtmsg.NDA_DST])))
+    rtmsg.send(rtnl, [fdb_message(False, index, f) for f in sorted(have - desired)]
+               + [fdb_message(True, index, f) for f in sorted(desired - have)],
+               tolerated=rtmsg.GONE)
 
 
-def set_fdb(ipr: IPRoute, index: int, entry: FdbIntent) -> None:
-    ipr.fdb("replace", ifindex=index, lladdr=entry.mac, dst=str(entry.dst),
-            state=NUD_PERMANENT, flags=NTF_SELF)
-
-
-def remove_fdb(ipr: IPRoute, index: int, entry: FdbIntent) -> None:
-    try:
-        ipr.fdb("del", ifindex=index, lladdr=entry.mac, dst=str(entry.dst))
-    except NetlinkError as err:
-        if err.code != errno.ENOENT:
-            raise
+def _mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def remove_vteps(ipr: IPRoute, keep: str | None = None) -> list[str]:

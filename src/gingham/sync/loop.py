@@ -101,10 +101,9 @@ class ReconcileLoop:
                     manager.resync()
                 resync_at = now + RESYNC_INTERVAL
             self.handle(updates)
-            wait = resync_at - time.monotonic()
-            due = [r.due for m in self.managers if m.dirty() and (r := self._retry[m.name]).due]
-            if due:
-                wait = min(wait, min(due) - time.monotonic())
+            # Dirty still: waiting out a retry, or made dirty by a later manager's apply.
+            due = [self._retry[m.name].due for m in self.managers if m.dirty()]
+            wait = min([resync_at, *due]) - time.monotonic()
             try:
                 updates = [self._updates.get(timeout=max(wait, 0.001))]
             except queue.Empty:
