@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from gingham.cni.spec import ADDRESSES_EXHAUSTED, CniError
 from gingham.ipam.hostlocal import HostLocalIpam
 from gingham.ipam.ranges import AddressRange
-from gingham.ipam.store import Owner
+from gingham.ipam.store import SPARE_DIR, SPARES, Owner
 from gingham.model.netconf import RangeSpec
 
 A = ipaddress.IPv4Address
@@ -123,3 +124,56 @@ def test_gc_releases_only_invalid_attachments_of_its_network(tmp_path):
     assert ipam.garbage_collect("net", {("c1", "eth0")}) == [drop]
     assert ipam.find("c1", "eth0") == [keep]
     assert ipam.find("c3", "eth0") == [other]
+
+
+# -- spare files (see ipam/store.py) ------------------------------------------------
+
+POOL = "10.244.3.0-24"
+
+
+def spares(root) -> dict[str, int]:
+    """Spare file name -> inode."""
+    spare_dir = root / POOL / SPARE_DIR
+    return {p.name: p.stat().st_ino for p in spare_dir.iterdir()} if spare_dir.is_dir() else {}
+
+
+def test_a_reservation_takes_a_spare_file_made_after_the_one_before(tmp_path):
+    ipam = HostLocalIpam(tmp_path)
+    rng = [AddressRange.for_subnet(NET)]
+    ipam.allocate(rng, owner(1))
+    ipam.close()  # waits for the spares that allocation asked for
+    ready = spares(tmp_path)
+    assert len(ready) == SPARES
+
+    second = HostLocalIpam(tmp_path)  # a restarted agent adopts them
+    second.prepare(rng)
+    address = second.allocate(rng, owner(2))[1]
+    taken = set(ready) - set(spares(tmp_path))
+    assert len(taken) == 1
+    reservation = tmp_path / POOL / str(address)
+    assert reservation.stat().st_ino == ready[taken.pop()]
+    assert reservation.read_text() == "c2\neth0\nnet\n" and reservation.stat().st_nlink == 1
+    assert ipam.free_count(rng) == 253 - 2  # spares are no reservations
+    second.close()
+
+
+def test_a_spare_still_naming_a_reservation_is_never_written(tmp_path):
+    """A crash between linking a spare and unlinking its spare name leaves both names on
+    one file: using that spare again would overwrite the reservation."""
+    ipam = HostLocalIpam(tmp_path)
+    rng = [AddressRange.for_subnet(NET)]
+    first = ipam.allocate(rng, owner(1))[1]
+    ipam.close()
+    for name in spares(tmp_path):
+        (tmp_path / POOL / SPARE_DIR / name).unlink()
+    reservation = tmp_path / POOL / str(first)
+    os.link(reservation, tmp_path / POOL / SPARE_DIR / "crashed")
+
+    again = HostLocalIpam(tmp_path)
+    again.prepare(rng)  # adopts "crashed" among SPARES
+    for i in range(2, 2 + SPARES):
+        again.allocate(rng, owner(i))
+    again.close()
+    assert reservation.read_text() == "c1\neth0\nnet\n"
+    assert "crashed" not in spares(tmp_path)
+    assert len(set(again.find(f"c{i}", "eth0")[0] for i in range(1, 2 + SPARES))) == 1 + SPARES

@@ -59,6 +59,8 @@ class CniService:
         self.config = config
         self.mtu = mtu
         self.ipam = HostLocalIpam(config.ipam_dir)
+        if config.pod_subnet is not None:
+            self.ipam.prepare([AddressRange.for_subnet(config.pod_subnet)])
         self.unlinker = Unlinker()
         self._local = threading.local()
         self._handlers: dict[tuple[str, str], Handler] = {
@@ -298,6 +300,7 @@ class CniService:
 
     def close(self) -> None:
         self.unlinker.close()
+        self.ipam.close()
 
     def main_check(self, env: PluginEnv, conf: NetConf) -> None:
         if conf.prev_result is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gingham.cni.spec import ADDRESSES_EXHAUSTED, CniError
@@ -19,6 +20,8 @@ class HostLocalIpam:
         self.root = root
         self._pools: dict[str, PoolDirectory] = {}
         self._lock = threading.Lock()
+        # One thread makes spare files behind the calls (see store), one pool at a time.
+        self._spare_maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipam-spares")
 
     def _pool(self, key: str) -> PoolDirectory:
         with self._lock:
@@ -50,6 +53,7 @@ class HostLocalIpam:
                 taken = pool.reservations()
                 for candidate in rng.candidates(pool.last_reserved()):
                     if candidate not in taken and pool.reserve(candidate, owner):
+                        self._spare_maker.submit(pool.add_spares)
                         return rng, candidate
         raise CniError(
             ADDRESSES_EXHAUSTED,
@@ -86,6 +90,21 @@ class HostLocalIpam:
                         pool.release(address)
                         released.append(address)
         return released
+
+    def prepare(self, ranges: list[AddressRange]) -> None:
+        """Make the spare files of these ranges' pools now (at start: the first ADD after a
+        start would otherwise create its file itself)."""
+        for key in sorted({rng.key for rng in ranges}):
+            pool = self._pool(key)
+            with pool.locked():  # makes the pool's directory
+                pass
+            pool.add_spares()
+
+    def close(self) -> None:
+        self._spare_maker.shutdown(wait=True)
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
 
     def free_count(self, ranges: list[AddressRange]) -> int:
         free = 0
