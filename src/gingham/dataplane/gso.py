@@ -153,7 +153,7 @@ class Coalescer:
         key: tuple = ()
         mss = next_seq = length = 0
         for start, end in spans:
-            segment = self._segment(raw, start, end)
+            segment = self._segment(raw, view, start, end)
             if segment is None:
                 if run:
                     writes.append(self._merged(raw, view, run, length))
@@ -178,7 +178,7 @@ class Coalescer:
             writes.append(self._merged(raw, view, run, length))
         return writes
 
-    def _segment(self, raw: bytearray, start: int,
+    def _segment(self, raw: bytearray, view: memoryview, start: int,
                  end: int) -> tuple[tuple, int, int, int] | None:
         """(what must match along a run, header length, seq, flags) of a TCP segment that
         may join a run; None for anything else (not TCP, IP options or a fragment, control
@@ -191,7 +191,7 @@ class Coalescer:
         if (ver_ihl != 0x45 or proto != IPV4_TCP or frag & 0x3FFF or length != end - start
                 or flags & ~PSH != ACK or hlen < 40 or length <= hlen):
             return None
-        if self.verify and not tcp_checksum_ok(raw[start:end]):
+        if self.verify and not tcp_checksum_ok(view[start:end]):  # a view: no copy
             return None
         key = (tos, ttl, src, dst, sport, dport, ack, offset, window, urgent,
                raw[start + 40:start + hlen])
