@@ -93,6 +93,15 @@ class CniService:
             rtnl = self._local.rtnl = netns.rtnl_socket()
         return rtnl
 
+    def pod_rtnl(self, pod_fd: int) -> netns.Rtnl:
+        """A bare netlink socket in the pod's namespace, made by this worker thread, which
+        keeps its own namespace open for it (the worker lives in the node's)."""
+        home = getattr(self._local, "home", None)
+        if home is None:
+            home = self._local.home = os.open("/proc/thread-self/ns/net",
+                                              os.O_RDONLY | os.O_CLOEXEC)
+        return netns.rtnl_socket(pod_fd, home)
+
     def handle(self, call: PluginCall) -> tuple[int, bytes]:
         try:
             env = parse_env(call.env)
@@ -231,20 +240,14 @@ class CniService:
         mtu = conf.mtu or self.mtu
         pod_fd = self._open_pod_fd(env)
         try:
-            # A bare socket, not an IPRoute: ~20 us to make against ~0.2 ms (see netns).
-            with netns.rtnl_socket(pod_fd) as pod:
-                if podlink.pod_has_interface(pod, env.ifname):
-                    raise CniError(INTERFACE_EXISTS, "interface already exists in the pod",
-                                   f"{env.ifname} in {env.netns}")
-                ours = self._attach(env, conf, pod, pod_fd, mtu)
+            ours = self._attach(env, conf, pod_fd, mtu)
         finally:
             os.close(pod_fd)
         if conf.prev_result is not None:
             ours = conf.prev_result.extended_by(ours)
         return ours.to_json(conf.cni_version)
 
-    def _attach(self, env: PluginEnv, conf: NetConf, pod: netns.Rtnl, pod_fd: int,
-                mtu: int) -> Result:
+    def _attach(self, env: PluginEnv, conf: NetConf, pod_fd: int, mtu: int) -> Result:
         host_name = podlink.host_veth_name(env.container_id, env.ifname)
         node = self.node_rtnl()
         # Both lookups in one round trip; the bridge's is only used if it is the node's own.
@@ -265,13 +268,19 @@ class CniService:
                 bridge = self._bridge_index(
                     conf, ipaddress.IPv4Interface(f"{gateway}/{ip.address.network.prefixlen}"),
                     mtu)
+            # A bare socket, not an IPRoute: ~20 us to make against ~0.2 ms (see netns).
             # connect also sets the owner mark (alias) that GC goes by.
-            link = podlink.connect(
-                node, pod, pod_fd,
-                host_name=host_name, pod_name=env.ifname, mtu=mtu, address=ip.address,
-                gateway=gateway, bridge_index=bridge, hairpin=conf.hairpin,
-                routes=[(r.dst, r.gw) for r in routes], alias=owner_mark(conf.name, env),
-            )
+            with self.pod_rtnl(pod_fd) as pod:
+                link = podlink.connect(
+                    node, pod, pod_fd,
+                    host_name=host_name, pod_name=env.ifname, mtu=mtu, address=ip.address,
+                    gateway=gateway, bridge_index=bridge, hairpin=conf.hairpin,
+                    routes=[(r.dst, r.gw) for r in routes], alias=owner_mark(conf.name, env),
+                )
+        except podlink.PodNameTaken:
+            self._rollback(env, conf, host_name)
+            raise CniError(INTERFACE_EXISTS, "interface already exists in the pod",
+                           f"{env.ifname} in {env.netns}") from None
         except BaseException:
             self._rollback(env, conf, host_name)
             raise

@@ -190,17 +190,20 @@ def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
     return found
 
 
-def rtnl_socket(netns_fd: int | None = None) -> Rtnl:
-    """A bare netlink handle for the namespace open as netns_fd, or this thread's own."""
+def rtnl_socket(netns_fd: int | None = None, home: int | None = None) -> Rtnl:
+    """A bare netlink handle for the namespace open as netns_fd, or this thread's own.
+    `home`: this thread's own namespace, open (a caller making many saves opening it)."""
     if netns_fd is None:
         return Rtnl(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = home if home is not None else os.open("/proc/thread-self/ns/net",
+                                                 os.O_RDONLY | os.O_CLOEXEC)
     try:
         setns(netns_fd)
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
         finally:
-            setns(home)  # as in `entered`: never leave the thread in the pod
+            setns(own)  # as in `entered`: never leave the thread in the pod
     finally:
-        os.close(home)
+        if home is None:
+            os.close(own)
     return Rtnl(sock)

@@ -5,14 +5,17 @@ Functions here take netlink handles; they never decide addresses or names. Each 
 with it and tolerates any half-built state.
 
 `connect` is the hot path of every ADD, so it speaks netlink directly (netns.Rtnl): the
-requests below are built by hand and batched, one node and two pod round trips in all. The
-host end is created up, with its MTU, on the bridge; the pod end in the pod, with its MTU.
+requests below are built by hand and batched, one node and one pod round trip in all. The
+host end is created up, with its MTU, on the bridge; the pod end in the pod, with its MTU
+and a MAC chosen here (random, locally administered, as the kernel would choose), so that
+its index (the host end's IFLA_LINK) and MAC need no lookup in the pod.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -25,13 +28,14 @@ from gingham.dataplane.netns import Rtnl, attributes
 HOST_PREFIX = "veth"
 ENODEV = 19
 ESRCH = 3
+EEXIST = 17
 
 # <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>, <linux/veth.h>
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 20, 28, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
 VETH_INFO_PEER = 1
@@ -53,6 +57,10 @@ def host_veth_name(container_id: str, ifname: str) -> str:
     """Deterministic, so DEL finds the device without any saved state (15 chars)."""
     digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()
     return HOST_PREFIX + digest[:11]
+
+
+class PodNameTaken(Exception):
+    """The pod has a link of the name its end of the pair was to get."""
 
 
 @dataclass
@@ -92,16 +100,32 @@ def parse_link(bodies: list[bytes]) -> tuple[int, str]:
     """(index, MAC) of a get_link answer."""
     (body,) = bodies
     index = IFINFO.unpack_from(body)[2]
-    mac = attributes(body, IFINFO.size).get(IFLA_ADDRESS, b"")
-    return index, ":".join(f"{b:02x}" for b in mac)
+    return index, mac_text(attributes(body, IFINFO.size).get(IFLA_ADDRESS, b""))
+
+
+def peer_index(bodies: list[bytes]) -> int:
+    """The index of a veth end's peer (in the peer's namespace), from a get_link answer."""
+    (body,) = bodies
+    return U32.unpack(attributes(body, IFINFO.size)[IFLA_LINK])[0]
+
+
+def mac_text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def random_mac() -> bytes:
+    """Random, unicast, locally administered: the kernel's eth_random_addr."""
+    mac = bytearray(os.urandom(6))
+    mac[0] = (mac[0] & 0xFE) | 0x02
+    return bytes(mac)
 
 
 def _veth(host_name: str, pod_name: str, mtu: int, pod_netns_fd: int,
-          bridge_index: int | None) -> Message:
+          bridge_index: int | None, pod_mac: bytes) -> Message:
     up = IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP)
     # Not the peer: veth brings it up before pairing it, and a lone end refuses (ENOTCONN).
     peer = IFINFO.pack(0, 0, 0, 0, 0) + _name(pod_name) + _attr(IFLA_MTU, U32.pack(mtu)) \
-        + _attr(IFLA_NET_NS_FD, U32.pack(pod_netns_fd))
+        + _attr(IFLA_NET_NS_FD, U32.pack(pod_netns_fd)) + _attr(IFLA_ADDRESS, pod_mac)
     info = _attr(IFLA_INFO_KIND, b"veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
     body = up + _name(host_name) + _attr(IFLA_MTU, U32.pack(mtu)) + _attr(IFLA_LINKINFO, info)
     if bridge_index is not None:
@@ -156,10 +180,6 @@ def lookup(rtnl: Rtnl, *names: str) -> list[int | None]:
     return found
 
 
-def pod_has_interface(pod: Rtnl, ifname: str) -> bool:
-    return lookup(pod, ifname)[0] is not None
-
-
 def connect(
     node: Rtnl,
     pod: Rtnl,
@@ -176,18 +196,25 @@ def connect(
     alias: str,
 ) -> PodLink:
     """Create the pair and configure both ends. Raises on any failure, leaving cleanup to
-    the caller's rollback (deleting the host end)."""
+    the caller's rollback (deleting the host end); PodNameTaken if the pod has pod_name
+    already (the caller checked that host_name is free): found by the create failing, not
+    by a lookup first, which would be a pod round trip on every ADD."""
     # One datagram: create, then alias/hairpin and a lookup of the new host end by name.
-    # If the create fails, the two after it find no such link (the caller checked that
-    # host_name was free) and fail too; the create's error is the one raised.
-    answers = node.call(
-        _veth(host_name, pod_name, mtu, pod_netns_fd, bridge_index),
-        _port_settings(host_name, alias, hairpin and bridge_index is not None),
-        get_link(host_name),
-    )
+    # If the create fails, the two after it find no such link and fail too; the create's
+    # error is the one raised.
+    pod_mac = random_mac()
+    try:
+        answers = node.call(
+            _veth(host_name, pod_name, mtu, pod_netns_fd, bridge_index, pod_mac),
+            _port_settings(host_name, alias, hairpin and bridge_index is not None),
+            get_link(host_name),
+        )
+    except NetlinkError as err:
+        if err.code == EEXIST:
+            raise PodNameTaken(pod_name) from err
+        raise
     _, host_mac = parse_link(answers[2])
-    # The pod end's index is needed for its address and routes; its MAC for the result.
-    pod_index, pod_mac = parse_link(pod.call(get_link(pod_name))[0])
+    pod_index = peer_index(answers[2])  # for the pod end's address and routes
     # In order: with the address on it and up, eth0 reaches the gateway, so the routes
     # (via the gateway) can follow.
     pod.call(
@@ -196,7 +223,7 @@ def connect(
         _set_up(name="lo"),
         *(_add_route(dst, via or gateway, pod_index) for dst, via in routes),
     )
-    return PodLink(host_name, host_mac, pod_name, pod_mac, mtu)
+    return PodLink(host_name, host_mac, pod_name, mac_text(pod_mac), mtu)
 
 
 def remove_link(ipr: IPRoute, name: str) -> bool:
