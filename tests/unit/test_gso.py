@@ -110,10 +110,14 @@ def test_a_packet_needing_its_checksum_gets_it():
     assert checks(packet[12:20] + struct.pack("!BBH", 0, 17, length) + packet[20:])
 
 
-def test_an_offload_never_asked_for_is_refused():
+def test_an_offload_never_asked_for_or_a_frame_cut_short_is_refused():
     vnet = gso.VNET.pack(0, 5, 0, 1400, 0, 0)  # UDP_L4 GSO
     with pytest.raises(gso.FrameError):
         gso.outbound(memoryview(bytearray(vnet + bytes(40))), bytearray(0))
+    packet = super_packet(b"x" * 3000)
+    for cut in (30, 45, 52):  # inside the TCP header, its options, right after them
+        with pytest.raises(gso.FrameError):
+            gso.outbound(frame(packet, 1420)[:gso.VNET_LEN + cut], bytearray(1 << 16))
 
 
 def merge(packets: list[bytes], verify: bool = True) -> list[bytes]:

@@ -230,7 +230,8 @@ class TunnelEngine:
                 continue
             try:
                 self._outbound(view[:n], out)
-            except (OSError, gso.FrameError) as err:  # an unreachable peer, a bad frame
+            # an unreachable peer, or a frame whose headers do not add up: drop it, go on
+            except (OSError, ValueError, IndexError, struct.error) as err:
                 log.debug("tunnel out: %s", err)
 
     def _outbound(self, frame: memoryview, out: bytearray) -> None:

@@ -83,6 +83,8 @@ def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryvi
     TSO does: IP id counting up, sequence numbers advancing, FIN/PSH on the last segment
     only, CWR on the first only, both checksums computed."""
     ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 20:
+        raise FrameError("TCP super packet cut short in its headers")
     thl = (packet[ihl + 12] >> 4) * 4
     hlen = ihl + thl
     if mss <= 0 or len(packet) <= hlen or ihl < 20 or thl < 20:
