@@ -103,12 +103,6 @@ def parse_link(bodies: list[bytes]) -> tuple[int, str]:
     return index, mac_text(attributes(body, IFINFO.size).get(IFLA_ADDRESS, b""))
 
 
-def peer_index(bodies: list[bytes]) -> int:
-    """The index of a veth end's peer (in the peer's namespace), from a get_link answer."""
-    (body,) = bodies
-    return U32.unpack(attributes(body, IFINFO.size)[IFLA_LINK])[0]
-
-
 def mac_text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
@@ -213,8 +207,11 @@ def connect(
         if err.code == EEXIST:
             raise PodNameTaken(pod_name) from err
         raise
-    _, host_mac = parse_link(answers[2])
-    pod_index = peer_index(answers[2])  # for the pod end's address and routes
+    (host,) = answers[2]
+    attrs = attributes(host, IFINFO.size)
+    host_mac = mac_text(attrs.get(IFLA_ADDRESS, b""))
+    # The peer's index, in the pod: for the pod end's address and routes.
+    pod_index = U32.unpack(attrs[IFLA_LINK])[0]
     # In order: with the address on it and up, eth0 reaches the gateway, so the routes
     # (via the gateway) can follow.
     pod.call(
