@@ -64,6 +64,31 @@ def test_ones_sum_agrees_with_the_word_by_word_sum():
         assert gso.complement(gso.ones_sum(data)) % 0xFFFF == slow_checksum(data) % 0xFFFF
 
 
+def test_row_sums_agree_with_the_word_by_word_sum_for_even_and_odd_widths():
+    data = random.Random(3).randbytes(65000)
+    for width, count in ((1428, 45), (1419, 45), (2, 1000), (1, 30), (65000, 1)):
+        sums = gso.row_sums(memoryview(data), width, count)
+        for i in range(count):
+            piece = data[i * width:(i + 1) * width]
+            assert gso.complement(int(sums[i])) % 0xFFFF == slow_checksum(piece) % 0xFFFF
+
+
+def test_span_sums_agree_with_the_word_by_word_sum_at_any_offset_and_length():
+    rng = random.Random(5)
+    data = rng.randbytes(70001)
+    spans, o = [], 0
+    while o < len(data) - 1:  # starts and lengths odd and even, gaps, one ending at the end
+        start = o + rng.randrange(3)
+        end = min(start + rng.choice((0, 1, 2, 39, 1480, 1481)), len(data))
+        spans.append((start, end))
+        o = end
+    spans.append((len(data) - 3, len(data)))
+    sums = gso.span_sums(data, spans)
+    assert len(sums) == len(spans) > 50
+    for (start, end), total in zip(spans, sums, strict=True):
+        assert gso.complement(total) % 0xFFFF == slow_checksum(data[start:end]) % 0xFFFF
+
+
 def test_a_64k_super_packet_becomes_mss_segments_that_each_check():
     payload = random.Random(1).randbytes(65000)
     packet = super_packet(payload, flags=gso.ACK | gso.PSH | gso.FIN | gso.CWR)

@@ -82,6 +82,8 @@ def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryvi
     """Cut a TCP super packet into segments of `mss` payload bytes in `out`, as the kernel's
     TSO does: IP id counting up, sequence numbers advancing, FIN/PSH on the last segment
     only, CWR on the first only, both checksums computed."""
+    import numpy as np  # here, not at the top: only the userspace engines pay for numpy
+
     ihl = (packet[0] & 0x0F) * 4
     if len(packet) < ihl + 20:
         raise FrameError("TCP super packet cut short in its headers")
@@ -92,46 +94,110 @@ def segment_tcp4(packet: memoryview, mss: int, out: bytearray) -> tuple[memoryvi
     (ver_ihl, tos, _, ip_id, frag, ttl, proto, _, src, dst) = IP_FIXED.unpack_from(packet)
     (sport, dport, seq, ack, offset, flags, window, _, urgent) = TCP_FIXED.unpack_from(
         packet, ihl)
-    # The headers of every segment: a template, then what changes (length, id, seq, flags,
-    # the checksums) packed over it; each sum is a constant plus what changes.
+    payload = packet[hlen:]
+    total = len(payload)
+    count = -(-total // mss)
+    full = total // mss  # segments of exactly mss bytes; a shorter last one may follow
+    stride = hlen + mss
+    if total + count * hlen > len(out):
+        raise FrameError("super packet larger than the segment buffer")
+    # Every segment at once, as rows `stride` apart in `out`: the headers' template, then
+    # the fields that change; each checksum is a constant plus what changes.
     template = bytearray(packet[:hlen])
     IP_FIXED.pack_into(template, 0, ver_ihl, tos, 0, 0, frag, ttl, proto, 0, src, dst)
     TCP_FIXED.pack_into(template, ihl, sport, dport, 0, ack, offset, 0, window, 0, urgent)
     ip_const = ones_sum(template[:ihl])
     tcp_const = ones_sum(template[ihl:]) + pseudo_sum(packet, IPV4_TCP, thl)
-    template = bytes(template)
-    payload = packet[hlen:]
-    total = len(payload)
-    if total + (total // mss + 1) * hlen > len(out):
-        raise FrameError("super packet larger than the segment buffer")
-    full = mss & 1 == 0  # even payloads sum as they are; odd ones need padding
-    o = 0
-    for i, start in enumerate(range(0, total, mss)):
-        data = payload[start:start + mss]
-        n = len(data)
-        f = flags if i == 0 else flags & ~CWR
-        if start + n < total:
-            f &= ~(FIN | PSH)
-        pid = (ip_id + i) & 0xFFFF
-        length = hlen + n
-        s = (seq + start) & 0xFFFFFFFF
-        data_sum = int.from_bytes(data, "big") if full and n == mss else ones_sum(data)
-        out[o:o + hlen] = template
-        t = o + ihl
-        IP_ID_SUM.pack_into(out, o + 2, length, pid)
-        U16.pack_into(out, o + 10, 0xFFFF - (ip_const + length + pid) % 0xFFFF)
-        SEQ.pack_into(out, t + 4, s)
-        out[t + 13] = f
-        U16.pack_into(out, t + 16, 0xFFFF - (tcp_const + n + (s >> 16) + (s & 0xFFFF) + f
-                                             + data_sum) % 0xFFFF)
-        out[t + thl:t + thl + n] = data
-        o += length
-    return memoryview(out)[:o], hlen + mss
+    _rows(out, 0, hlen, stride, count)[:] = np.frombuffer(template, np.uint8)
+    _rows(out, hlen, mss, stride, full)[:] = _rows(payload, 0, mss, mss, full)
+    index = np.arange(count, dtype=np.int64)
+    sizes = np.full(count, mss, np.int64)
+    sizes[-1] = total - (count - 1) * mss
+    ids = (ip_id + index) & 0xFFFF
+    seqs = (seq + index * mss) & 0xFFFFFFFF
+    each = np.full(count, flags & ~(CWR | FIN | PSH), np.int64)
+    each[0] |= flags & CWR
+    each[-1] |= flags & (FIN | PSH)
+    data = np.zeros(count, np.int64)
+    data[:full] = row_sums(payload, mss, full)
+    if full < count:
+        tail = payload[full * mss:]
+        out[full * stride + hlen:full * stride + hlen + len(tail)] = tail
+        data[-1] = ones_sum(tail)
+    lengths = sizes + hlen
+    _column(out, 2, ">u2", stride, count)[:] = lengths
+    _column(out, 4, ">u2", stride, count)[:] = ids
+    _column(out, 10, ">u2", stride, count)[:] = 0xFFFF - (ip_const + lengths + ids) % 0xFFFF
+    _column(out, ihl + 4, ">u4", stride, count)[:] = seqs
+    _column(out, ihl + 13, "u1", stride, count)[:] = each
+    _column(out, ihl + 16, ">u2", stride, count)[:] = 0xFFFF - (
+        tcp_const + sizes + (seqs >> 16) + (seqs & 0xFFFF) + each + data) % 0xFFFF
+    return memoryview(out)[:(count - 1) * stride + hlen + int(sizes[-1])], stride
 
 
-def tcp_checksum_ok(packet: bytes | bytearray | memoryview) -> bool:
-    """Whether an IPv4 TCP packet (no IP options) checks, as the receiving kernel checks."""
-    return (ones_sum(packet[12:]) + IPV4_TCP + len(packet) - 20) % 0xFFFF == 0
+def _rows(buf, offset: int, width: int, stride: int, count: int):
+    """`count` rows of `width` bytes of `buf`, `stride` apart from `offset`: a numpy view."""
+    import numpy as np
+
+    return np.ndarray((count, width), np.uint8, buf, offset, (stride, 1))
+
+
+def _column(buf, offset: int, dtype: str, stride: int, count: int):
+    """One header field of each row (`stride` apart from `offset`) as a numpy view."""
+    import numpy as np
+
+    return np.ndarray((count,), dtype, buf, offset, (stride,))
+
+
+def row_sums(data, width: int, count: int):
+    """The ones' sums (modulo 0xFFFF) of `count` consecutive `width`-byte pieces of `data`,
+    each an odd length padded with a zero byte as `ones_sum` does: one numpy pass."""
+    import numpy as np
+
+    words = np.ndarray((count, width // 2), ">u2", data, 0, (width, 2))
+    sums = words.sum(axis=1, dtype=np.int64)
+    if width & 1:  # the odd last byte of each piece is a word's high byte
+        sums += np.ndarray((count,), np.uint8, data, width - 1, (width,)).astype(np.int64) << 8
+    return sums % 0xFFFF
+
+
+def span_sums(data: bytes | bytearray | memoryview, spans: list[tuple[int, int]]) -> list[int]:
+    """`ones_sum(data[start:end])` of every span, in a numpy pass or two over `data`."""
+    import numpy as np
+
+    if not spans:
+        return []
+    bounds = np.array(spans, np.int64)
+    start, end = bounds[:, 0], bounds[:, 1]
+    top = int(end.max())
+    region = np.zeros(top + 4, np.uint8)  # zero-padded: a past-the-end index stays inside
+    region[:top] = np.frombuffer(data, np.uint8, top)
+    first = start // 2
+    stop = first + (end - start) // 2  # the span's whole words
+    words = np.zeros(len(spans), np.int64)
+    for parity in (0, 1):  # spans starting at even offsets, then at odd ones
+        chosen = (start & 1) == parity
+        if chosen.any():
+            # Native-order words: their sum is the big-endian one times 256 (mod 0xFFFF).
+            native = region[parity:parity + 2 * (top // 2 + 1)].view("<u2")
+            words[chosen] = _range_sums(native, first[chosen], stop[chosen])
+    odd_byte = np.where((end - start) & 1, region[end - 1].astype(np.int64) << 8, 0)
+    return ((words * 256 + odd_byte) % 0xFFFF).tolist()
+
+
+def _range_sums(values, first, stop):
+    """The sum of `values[first[i]:stop[i]]` for each i (numpy arrays), empty ranges 0."""
+    import numpy as np
+
+    bounds = np.column_stack((first, stop)).ravel()
+    sums = np.add.reduceat(values, bounds, dtype=np.uint32)[0::2]  # < 2**32 for 64 KB
+    return np.where(first < stop, sums, 0)
+
+
+def tcp_checks(total: int, length: int) -> bool:
+    """Whether an IPv4 TCP packet (no IP options) of `length` bytes checks, as the receiving
+    kernel checks, given the ones' sum `total` of its bytes from the addresses on."""
+    return (total + IPV4_TCP + length - 20) % 0xFFFF == 0
 
 
 class Coalescer:
@@ -154,8 +220,10 @@ class Coalescer:
         run: list[tuple[int, int]] = []  # (start, end) of the segments being merged
         key: tuple = ()
         mss = next_seq = length = 0
-        for start, end in spans:
-            segment = self._segment(raw, view, start, end)
+        checked = (span_sums(raw, [(start + 12, end) for start, end in spans]) if self.verify
+                   else [None] * len(spans))
+        for (start, end), total in zip(spans, checked, strict=True):
+            segment = self._segment(raw, start, end, total)
             if segment is None:
                 if run:
                     writes.append(self._merged(raw, view, run, length))
@@ -180,11 +248,13 @@ class Coalescer:
             writes.append(self._merged(raw, view, run, length))
         return writes
 
-    def _segment(self, raw: bytearray, view: memoryview, start: int,
-                 end: int) -> tuple[tuple, int, int, int] | None:
+    @staticmethod
+    def _segment(raw: bytearray, start: int, end: int,
+                 total: int | None) -> tuple[tuple, int, int, int] | None:
         """(what must match along a run, header length, seq, flags) of a TCP segment that
         may join a run; None for anything else (not TCP, IP options or a fragment, control
-        flags, no payload, a length not the datagram's, a failed checksum)."""
+        flags, no payload, a length not the datagram's, a failed checksum). `total`: the
+        ones' sum from the addresses on, when the checksum is to be verified."""
         if end - start < 40:
             return None
         (ver_ihl, tos, length, _, frag, ttl, proto, _, src, dst, sport, dport, seq, ack,
@@ -193,7 +263,7 @@ class Coalescer:
         if (ver_ihl != 0x45 or proto != IPV4_TCP or frag & 0x3FFF or length != end - start
                 or flags & ~PSH != ACK or hlen < 40 or length <= hlen):
             return None
-        if self.verify and not tcp_checksum_ok(view[start:end]):  # a view: no copy
+        if total is not None and not tcp_checks(total, end - start):
             return None
         key = (tos, ttl, src, dst, sport, dport, ack, offset, window, urgent,
                raw[start + 40:start + hlen])
