@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import marshal
 import subprocess
@@ -14,7 +15,7 @@ from gingham.cni.install import Interpreter, choose, install_plugins, probe
 
 
 def candidate(path: str, *, usable: bool = True, shared: bool = False) -> Interpreter:
-    return Interpreter(path, usable, shared, sys.hexversion, None, b"")
+    return Interpreter(path, usable, shared, importlib.util.MAGIC_NUMBER, None, b"")
 
 
 def test_an_interpreter_with_libpython_linked_in_is_preferred():
@@ -40,7 +41,8 @@ def test_probe_of_a_missing_interpreter_is_none(tmp_path: Path):
 
 def test_probe_compiles_the_shim_with_that_interpreter():
     found = probe(sys.executable)
-    assert found is not None and found.usable and found.hexversion == sys.hexversion
+    assert found is not None and found.usable
+    assert found.magic == importlib.util.MAGIC_NUMBER
     code = marshal.loads(found.code)
     assert "main" in code.co_names
 
@@ -53,9 +55,10 @@ def test_installed_plugins_answer_version_with_an_empty_environment(tmp_path: Pa
 
 
 def test_a_plugin_run_by_another_version_falls_back_to_its_source(tmp_path: Path):
-    """The precompiled shim is for one interpreter version; any other compiles the source."""
+    """The precompiled shim is for one bytecode format; any other compiles shim.py."""
     (path, _) = install_plugins(tmp_path)
-    text = path.read_text().replace("if sys.hexversion == ", "if sys.hexversion == 1 + ", 1)
+    text = path.read_text().replace('"MAGIC_NUMBER", None) == ', '"MAGIC_NUMBER", None) != ', 1)
+    assert text != path.read_text()
     path.write_text(text)
     proc = subprocess.run([str(path)], env={"CNI_COMMAND": "ADD"}, input=b"{}",
                           capture_output=True, timeout=30, check=False)
