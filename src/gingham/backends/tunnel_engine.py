@@ -3,12 +3,12 @@ and TCP segmentation offload, see dataplane/tun.py) and a transport socket.
 
 Outbound, one read takes a TCP super packet of up to 64 KB; it is cut into MTU-sized
 packets with their checksums (dataplane/gso.py) and sent in as few system calls as the
-transport allows: one UDP GSO send of equal-size datagrams (UDP_SEGMENT) for udp, a send
-per packet for raw IPIP (the kernel has no GSO for raw sockets). Inbound, UDP GRO hands
-over many datagrams in one receive, raw IPIP a batch of receives; consecutive segments of
-a flow are written back as one super packet. On the wire nothing changes: every UDP
-datagram or IPIP packet holds one complete inner packet of at most the tunnel MTU, as a
-kernel peer sends and expects.
+transport allows: one UDP GSO send of equal-size datagrams (UDP_SEGMENT) for udp, one
+sendmmsg of all the packets for raw IPIP (the kernel has no GSO for raw sockets). Inbound,
+UDP GRO hands over many datagrams in one receive, raw IPIP a batch of receives;
+consecutive segments of a flow are written back as one super packet. On the wire nothing
+changes: every UDP datagram or IPIP packet holds one complete inner packet of at most the
+tunnel MTU, as a kernel peer sends and expects.
 
 Two threads, one per direction, so one direction's system calls overlap the other's work.
 """
@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Protocol
 
-from gingham.dataplane import gso
+from gingham.dataplane import gso, mmsg
 
 log = logging.getLogger("gingham.backends.tunnel_engine")
 IPPROTO_IPIP = 4
@@ -38,6 +38,7 @@ MAX_PACKET = 0xFFFF
 SOCKET_BUFFER = 4 << 20  # room for bursts of 64 KB sends and receives
 RECEIVE_BUFFER = 1 << 18  # a GRO receive, or a batch of raw ones
 RAW_BATCH = 64  # raw IPIP packets taken per batch
+RAW_SEND_BATCH = 128  # raw IPIP packets per send call: a 64 KB super packet at MSS 536
 SEGMENT_BUFFER = 1 << 18  # a 64 KB super packet cut at the smallest MSS still fits
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h; not in Python 3.11
 GSO_SIZE = struct.Struct("=H")
@@ -118,13 +119,13 @@ class IpipTransport:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
         _big_buffers(self.sock)
+        self._sender = mmsg.Sender(self.sock, RAW_SEND_BATCH)
 
     def address(self, node: ipaddress.IPv4Address) -> Address:
         return str(node), 0
 
     def send(self, packets: memoryview, size: int, remote: Address) -> None:
-        for o in range(0, len(packets), size):
-            self.sock.sendto(packets[o:o + size], remote)
+        self._sender.send(packets, size, remote)  # one sendmmsg for a whole super packet
 
     def receive(self, buf: bytearray) -> list[Span]:
         view = memoryview(buf)
