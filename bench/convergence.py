@@ -21,8 +21,8 @@ at 100 nodes at most 1.5x that at 10. Exit 0 when every target measured is met, 
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,17 +30,19 @@ from dataclasses import dataclass, field
 from agentstat import agent_pids, cpu_seconds, memory_mib
 from benchkit import (
     BenchError,
+    add_lab_prefix,
     bench_lab,
     csv_list,
     lab_name,
     log,
     percentile,
-    sigterm_as_interrupt,
+    ready_to_run,
+    run_all,
 )
 from gingham.dataplane import netns
 from gingham.dataplane.routes import GINGHAM_PROTO, MAIN_TABLE
-from gingham.lab import cluster, control, procs
-from gingham.lab.plan import DEFAULT_POD_CIDR, LabPlan, PlanError, check_lab_name, netns_name
+from gingham.lab import control, procs
+from gingham.lab.plan import DEFAULT_POD_CIDR, LabPlan, netns_name
 from gingham.lab.topology import FIRST_NODE_HOST
 from gingham.subnet.lease import Lease, LeaseAttrs
 from gingham.subnet.registry import SubnetRegistry
@@ -274,8 +276,7 @@ def main() -> int:
                         help="datastores (default embedded,etcd)")
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds between changes (default 0.3)")
-    parser.add_argument("--lab-prefix", default="conv",
-                        help="labs are named this (1-4 letters/digits) + 6 hex (default conv)")
+    add_lab_prefix(parser, "conv")
     args = parser.parse_args()
     try:
         sizes = [int(n) for n in csv_list(args.nodes)]
@@ -286,31 +287,12 @@ def main() -> int:
         parser.error(f"--samples must be at least 1 and --nodes between 1 and {MAX_NODES}")
     if not datastores or set(datastores) - {"embedded", "etcd"}:
         parser.error("--datastores takes embedded and/or etcd")
-    try:
-        check_lab_name(lab_name(args.lab_prefix))
-    except PlanError:
-        parser.error("--lab-prefix takes 1-4 lowercase letters/digits, starting with a letter")
-    if os.geteuid() != 0:
-        parser.error("needs root: it builds network namespaces")
-    sigterm_as_interrupt()
+    ready_to_run(parser, args)
     started = time.monotonic()
-    results: list[Result] = []
-    met = False
-    try:
-        for datastore in datastores:
-            for nodes in sizes:
-                results.append(run_config(datastore, nodes, args.samples, args.settle,
-                                          args.lab_prefix))
-    except (BenchError, cluster.LabError) as err:
-        print(f"bench failed: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if results:
-            met = report(results, args.samples, time.monotonic() - started)
-    return 0 if met else 2
+    return run_all(
+        (functools.partial(run_config, datastore, nodes, args.samples, args.settle,
+                           args.lab_prefix) for datastore in datastores for nodes in sizes),
+        lambda results: report(results, args.samples, time.monotonic() - started))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import ipaddress
-import os
 import re
 import sys
 import threading
@@ -34,15 +34,17 @@ from dataclasses import dataclass, field
 from agentstat import cpu_seconds, resident_mib
 from benchkit import (
     BenchError,
+    add_lab_prefix,
     bench_lab,
     csv_list,
     lab_name,
     log,
     percentile,
-    sigterm_as_interrupt,
+    ready_to_run,
+    run_all,
 )
 from gingham.lab import cluster, control
-from gingham.lab.plan import LabPlan, PlanError, check_lab_name, netns_name
+from gingham.lab.plan import LabPlan, netns_name
 from gingham.lab.state import LabFiles
 from gingham.subnet.lease import Lease, LeaseAttrs
 from gingham.subnet.registry import SubnetRegistry
@@ -421,8 +423,7 @@ def main() -> int:
                         help="seconds between changes (default 0.2)")
     parser.add_argument("--join-timeout", type=float, default=120.0,
                         help="seconds the agent gets to program every peer (default 120)")
-    parser.add_argument("--lab-prefix", default="scal",
-                        help="labs are named this (1-4 letters/digits) + 6 hex (default scal)")
+    add_lab_prefix(parser, "scal")
     args = parser.parse_args()
     try:
         counts = [int(n) for n in csv_list(args.peers)]
@@ -435,31 +436,13 @@ def main() -> int:
         parser.error("--backends takes host-gw and/or vxlan")
     if args.samples < 1:
         parser.error("--samples must be at least 1")
-    try:
-        check_lab_name(lab_name(args.lab_prefix))
-    except PlanError:
-        parser.error("--lab-prefix takes 1-4 lowercase letters/digits, starting with a letter")
-    if os.geteuid() != 0:
-        parser.error("needs root: it builds network namespaces")
-    sigterm_as_interrupt()
+    ready_to_run(parser, args)
     started = time.monotonic()
-    results: list[Result] = []
-    met = False
-    try:
-        for backend in backends:
-            for peers in counts:
-                results.append(run_config(backend, peers, args.datastore, args.samples,
-                                          args.settle, args.join_timeout, args.lab_prefix))
-    except (BenchError, cluster.LabError) as err:
-        print(f"bench failed: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if results:
-            met = report(results, args.samples, time.monotonic() - started)
-    return 0 if met else 2
+    return run_all(
+        (functools.partial(run_config, backend, peers, args.datastore, args.samples,
+                           args.settle, args.join_timeout, args.lab_prefix)
+         for backend in backends for peers in counts),
+        lambda results: report(results, args.samples, time.monotonic() - started))
 
 
 if __name__ == "__main__":
