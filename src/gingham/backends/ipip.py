@@ -34,7 +34,7 @@ class UserspaceIpipBackend(UserspaceBackend):
     overhead = OVERHEAD
 
     def transport(self) -> Transport:
-        return IpipTransport()
+        return IpipTransport(self.uplink.mtu)
 
 
 class KernelIpipBackend(RoutesOnlyBackend):

@@ -1,10 +1,11 @@
-"""sendmmsg(2) through libc: the datagrams of one buffer, sent to one address in one
-system call, where Python's socket module has a call per datagram (raw IPIP has no GSO).
+"""sendmmsg(2) and recvmmsg(2) through libc: many datagrams of one socket in one system
+call, where Python's socket module has a call per datagram (raw IPIP has no GSO or GRO).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -12,6 +13,7 @@ import struct
 MAX_BATCH = 1024  # UIO_MAXIOV, the kernel's limit of messages per call
 FAMILY = struct.Struct("=H")
 PORT_ADDRESS = struct.Struct("!H4s8x")  # the rest of a sockaddr_in, network order
+NAME_SIZE = FAMILY.size + PORT_ADDRESS.size  # a sockaddr_in
 
 
 class _IoVec(ctypes.Structure):
@@ -33,6 +35,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _sendmmsg = _libc.sendmmsg
 _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
 _sendmmsg.restype = ctypes.c_int
+_recvmmsg = _libc.recvmmsg
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                      ctypes.c_void_p]
+_recvmmsg.restype = ctypes.c_int
+MSG_TRUNC = 0x20
 
 
 class Sender:
@@ -41,21 +48,11 @@ class Sender:
     addresses and lengths change per call."""
 
     def __init__(self, sock: socket.socket, batch: int) -> None:
-        import numpy as np  # here: only the userspace engines pay for numpy
-
         self.fd = sock.fileno()
-        self.batch = min(batch, MAX_BATCH)
         self._to = ctypes.create_string_buffer(FAMILY.size + PORT_ADDRESS.size)
         self._remote: tuple[str, int] | None = None
-        self._iov = (_IoVec * self.batch)()
-        self._msgs = (_MMsgHdr * self.batch)()
-        for msg, iov in zip(self._msgs, self._iov, strict=True):
-            msg.hdr.name = ctypes.addressof(self._to)
-            msg.hdr.namelen = ctypes.sizeof(self._to)
-            msg.hdr.iov = ctypes.addressof(iov)
-            msg.hdr.iovlen = 1
-        self._fields = np.ndarray((self.batch, 2), np.uint64, self._iov)  # base, len
-        self._steps = np.arange(self.batch, dtype=np.uint64)
+        self._msgs, self._fields, self._steps = _messages(min(batch, MAX_BATCH), self._to, 0)
+        self.batch = len(self._steps)
 
     def send(self, packets: memoryview, size: int, remote: tuple[str, int]) -> None:
         if remote != self._remote:
@@ -81,3 +78,60 @@ class Sender:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
             sent += n
+
+
+class Receiver:
+    """Receives up to `batch` datagrams of at most `slot` bytes each in one call, datagram
+    i at i * `slot` of the caller's buffer; the message headers are made once."""
+
+    def __init__(self, sock: socket.socket, batch: int, slot: int) -> None:
+        self.fd = sock.fileno()
+        self.slot = slot
+        self._names = ctypes.create_string_buffer(NAME_SIZE * min(batch, MAX_BATCH))
+        self._msgs, self._fields, self._steps = _messages(min(batch, MAX_BATCH), self._names,
+                                                          NAME_SIZE)
+        import numpy as np
+
+        size = ctypes.sizeof(_MMsgHdr)
+        self._lengths = np.ndarray((len(self._steps),), np.uint32, self._msgs,
+                                   _MMsgHdr.len.offset, (size,))
+        self._flags = np.ndarray((len(self._steps),), np.int32, self._msgs,
+                                 _MMsgHdr.hdr.offset + _MsgHdr.flags.offset, (size,))
+        self._namelens = np.ndarray((len(self._steps),), np.uint32, self._msgs,
+                                    _MsgHdr.namelen.offset, (size,))
+
+    def receive(self, buf: bytearray) -> list[tuple[str, int, int]]:
+        """(sender, start, end) of each datagram now waiting, read into `buf`; one too large
+        for its slot is left out. None waiting: an empty list."""
+        count = min(len(self._steps), len(buf) // self.slot)
+        holder = (ctypes.c_char * len(buf)).from_buffer(buf)
+        self._fields[:count, 0] = self._steps[:count] * self.slot + ctypes.addressof(holder)
+        self._fields[:count, 1] = self.slot
+        self._namelens[:count] = NAME_SIZE
+        n = _recvmmsg(self.fd, ctypes.addressof(self._msgs), count, socket.MSG_DONTWAIT, None)
+        del holder  # the buffer is exported while it lives
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return []
+            raise OSError(err, os.strerror(err))
+        names = self._names.raw
+        return [(socket.inet_ntoa(names[i * NAME_SIZE + 4:i * NAME_SIZE + 8]), i * self.slot,
+                 i * self.slot + int(self._lengths[i]))
+                for i in range(n) if not self._flags[i] & MSG_TRUNC]
+
+
+def _messages(count: int, names: ctypes.Array, name_step: int) -> tuple:
+    """`count` message headers of one iovec each, message i's address at `names` +
+    i * `name_step`; a numpy view of the iovecs' (base, len); 0..count-1."""
+    import numpy as np  # here: only the userspace engines pay for numpy
+
+    iov = (_IoVec * count)()
+    msgs = (_MMsgHdr * count)()
+    for i, (msg, vec) in enumerate(zip(msgs, iov, strict=True)):
+        msg.hdr.name = ctypes.addressof(names) + i * name_step
+        msg.hdr.namelen = NAME_SIZE
+        msg.hdr.iov = ctypes.addressof(vec)
+        msg.hdr.iovlen = 1
+    # the numpy view of the iovecs keeps them alive as long as the headers pointing there
+    return msgs, np.ndarray((count, 2), np.uint64, iov), np.arange(count, dtype=np.uint64)
