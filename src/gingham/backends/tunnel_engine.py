@@ -128,7 +128,10 @@ class IpipTransport:
         return str(node), 0
 
     def send(self, packets: memoryview, size: int, remote: Address) -> None:
-        self._sender.send(packets, size, remote)  # one sendmmsg for a whole super packet
+        if len(packets) > size:
+            self._sender.send(packets, size, remote)  # one sendmmsg for a whole super packet
+        else:
+            self.sock.sendto(packets, remote)  # one packet (an ACK): the cheaper call
 
     def receive(self, buf: bytearray) -> list[Span]:
         # past each outer header (the kernel hands it over on a raw socket)

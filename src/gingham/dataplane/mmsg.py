@@ -97,17 +97,18 @@ class Receiver:
                                    _MMsgHdr.len.offset, (size,))
         self._flags = np.ndarray((len(self._steps),), np.int32, self._msgs,
                                  _MMsgHdr.hdr.offset + _MsgHdr.flags.offset, (size,))
-        self._namelens = np.ndarray((len(self._steps),), np.uint32, self._msgs,
-                                    _MsgHdr.namelen.offset, (size,))
+        self._into = (0, 0)  # the buffer address and slot count the iovecs were set for
 
     def receive(self, buf: bytearray) -> list[tuple[str, int, int]]:
         """(sender, start, end) of each datagram now waiting, read into `buf`; one too large
         for its slot is left out. None waiting: an empty list."""
         count = min(len(self._steps), len(buf) // self.slot)
         holder = (ctypes.c_char * len(buf)).from_buffer(buf)
-        self._fields[:count, 0] = self._steps[:count] * self.slot + ctypes.addressof(holder)
-        self._fields[:count, 1] = self.slot
-        self._namelens[:count] = NAME_SIZE
+        if self._into != (ctypes.addressof(holder), count):  # the iovecs point into `buf`
+            self._into = (ctypes.addressof(holder), count)
+            self._fields[:count, 0] = self._steps[:count] * self.slot + self._into[0]
+            self._fields[:count, 1] = self.slot
+        # each namelen comes back as it went: the kernel writes a sockaddr_in's size
         n = _recvmmsg(self.fd, ctypes.addressof(self._msgs), count, socket.MSG_DONTWAIT, None)
         del holder  # the buffer is exported while it lives
         if n < 0:
