@@ -16,6 +16,7 @@ etcd is measured alongside for comparison (no target). Exit 0 met, 2 missed, 1 f
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -23,10 +24,10 @@ import time
 from dataclasses import dataclass, field
 
 from agentstat import cpu_seconds
-from benchkit import BenchError, bench_lab, csv_list, lab_name, log, sigterm_as_interrupt
+from benchkit import BenchError, bench_lab, csv_list, lab_name, log, ready_to_run, run_all
 from convergence import wait_for_mesh
 from gingham.lab import cluster
-from gingham.lab.plan import LabPlan, PlanError, check_lab_name
+from gingham.lab.plan import LabPlan
 from gingham.lab.state import LabFiles
 
 TARGET_PCT = 5.0  # of one core, all agents together
@@ -121,25 +122,10 @@ def main() -> int:
         parser.error("--nodes between 1 and 199, --seconds above 0, --settle not negative")
     if not datastores or set(datastores) - {"embedded", "etcd"}:
         parser.error("--datastores takes embedded and/or etcd")
-    try:
-        check_lab_name(lab_name(args.lab_prefix))
-    except PlanError:
-        parser.error("--lab-prefix takes 1-4 lowercase letters/digits, starting with a letter")
-    if os.geteuid() != 0:
-        parser.error("needs root: it builds network namespaces")
-    sigterm_as_interrupt()
-    results: list[Result] = []
-    try:
-        for datastore in datastores:
-            results.append(measure(datastore, args.nodes, args.seconds, args.settle,
-                                   args.lab_prefix))
-    except (BenchError, cluster.LabError) as err:
-        print(f"bench failed: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0 if report(results) else 2
+    ready_to_run(parser, args)
+    return run_all((functools.partial(measure, datastore, args.nodes, args.seconds,
+                                      args.settle, args.lab_prefix)
+                    for datastore in datastores), report)
 
 
 if __name__ == "__main__":

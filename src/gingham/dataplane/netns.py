@@ -18,6 +18,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -126,21 +127,17 @@ class Rtnl:
         pending = len(messages)
         while pending:
             buf = self.sock.recv(1 << 17)
-            at = 0
-            while at + NLMSG_HEADER.size <= len(buf):
-                size, kind, flags, seq, _ = NLMSG_HEADER.unpack_from(buf, at)
-                if size < NLMSG_HEADER.size:
-                    break
-                i = seq - first
+            for frame in frames(buf):
+                i = frame.seq - first
                 # Anything else is a leftover of a request abandoned midway; skip it.
                 if 0 <= i < len(messages) and answers[i] is None:
-                    if kind == NLMSG_ERROR:
-                        (error,) = struct.unpack_from("=i", buf, at + 16)
-                        answers[i] = (-error, _ack_text(buf, at, size, flags), data[i])
+                    if frame.kind == NLMSG_ERROR:
+                        (error,) = struct.unpack_from("=i", buf, frame.at + 16)
+                        answers[i] = (-error, _ack_text(buf, frame.at, frame.size,
+                                                        frame.flags), data[i])
                         pending -= 1
                     else:
-                        data[i].append(buf[at + NLMSG_HEADER.size:at + size])
-                at += (size + 3) & ~3
+                        data[i].append(frame.body(buf))
         return answers  # type: ignore[return-value]
 
     def call(self, *messages: tuple[int, int, bytes]) -> list[list[bytes]]:
@@ -166,15 +163,32 @@ def _ack_text(buf: bytes, at: int, size: int, flags: int) -> str:
     return text.rstrip(b"\0").decode(errors="replace")
 
 
-def messages(datagram: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, body) of each netlink message in a datagram, up to the first malformed one."""
+class Frame(NamedTuple):
+    kind: int
+    flags: int
+    seq: int
+    at: int  # where the message starts in the datagram
+    size: int
+
+    def body(self, datagram: bytes) -> bytes:
+        return datagram[self.at + NLMSG_HEADER.size:self.at + self.size]
+
+
+def frames(datagram: bytes) -> Iterator[Frame]:
+    """Each netlink message in a datagram, up to the first malformed one."""
     at = 0
     while at + NLMSG_HEADER.size <= len(datagram):
-        size, kind, _, _, _ = NLMSG_HEADER.unpack_from(datagram, at)
+        size, kind, flags, seq, _ = NLMSG_HEADER.unpack_from(datagram, at)
         if size < NLMSG_HEADER.size:
             return
-        yield kind, datagram[at + NLMSG_HEADER.size:at + size]
+        yield Frame(kind, flags, seq, at, size)
         at += (size + 3) & ~3
+
+
+def messages(datagram: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, body) of each netlink message in a datagram, up to the first malformed one."""
+    for frame in frames(datagram):
+        yield frame.kind, frame.body(datagram)
 
 
 def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:

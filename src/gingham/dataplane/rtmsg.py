@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from gingham.dataplane.netns import NLMSG_ERROR, NLMSG_HEADER, Rtnl, attributes
+from gingham.dataplane.netns import NLMSG_ERROR, NLMSG_HEADER, Rtnl, attributes, frames
 
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
@@ -104,19 +104,15 @@ def dump(rtnl: Rtnl, kind: int, body: bytes) -> Iterator[bytes]:
                                      NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
     while True:
         buf = rtnl.sock.recv(1 << 20)
-        at = 0
-        while at + NLMSG_HEADER.size <= len(buf):
-            size, msg_kind, _, msg_seq, _ = NLMSG_HEADER.unpack_from(buf, at)
-            if size < NLMSG_HEADER.size:
-                break
-            if msg_seq == seq:
-                if msg_kind == NLMSG_DONE:
-                    return
-                if msg_kind == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", buf, at + 16)
-                    raise NetlinkError(-error)
-                yield buf[at + NLMSG_HEADER.size:at + size]
-            at += (size + 3) & ~3
+        for frame in frames(buf):
+            if frame.seq != seq:
+                continue
+            if frame.kind == NLMSG_DONE:
+                return
+            if frame.kind == NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", buf, frame.at + 16)
+                raise NetlinkError(-error)
+            yield frame.body(buf)
 
 
 class RawRoute(NamedTuple):
