@@ -59,6 +59,10 @@ class Event:
 
 
 class Watch(Protocol):
+    # True when the watch itself re-reads the store on a timer (the embedded store's), so
+    # it cannot go silent while the store holds news; etcd's can (see sync.informer).
+    rereads: bool
+
     def __iter__(self) -> Iterator[Event]: ...
 
     def cancel(self) -> None:

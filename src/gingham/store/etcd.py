@@ -307,6 +307,8 @@ class EtcdStore:
 class EtcdWatch:
     """One streaming watch request; cancel() shuts its socket down from any thread."""
 
+    rereads = False
+
     def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
         self.store, self.prefix, self.start_revision = store, prefix, start_revision
         self._cancelled = threading.Event()

@@ -280,6 +280,10 @@ class EmbeddedStore:
 
 
 class SqliteWatch:
+    # It re-reads the log every few seconds unrung, and a local file has no partitions:
+    # it cannot go silent while the store holds news, so informers need not check it.
+    rereads = True
+
     def __init__(self, store: EmbeddedStore, prefix: str, start_revision: int) -> None:
         self.store, self.prefix, self.seen = store, prefix, start_revision - 1
         self._cancelled = threading.Event()

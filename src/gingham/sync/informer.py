@@ -4,7 +4,8 @@ error: a Compacted watch relists at once, other errors after a backoff. The pict
 never cleared on an error, so the dataplane stays as it is while the datastore is away.
 
 A watch can also go quiet without failing (its etcd member cut off from the others, the
-connection left open). While it is quiet, the informer asks the store every
+connection left open). While such a watch (not one that re-reads the store itself) is
+quiet, the informer asks the store every
 CHECK_INTERVAL what the watch should still deliver (Store.watch_check); if the store holds
 a change the watch has not brought after CHECK_GRACE, or the check itself fails, the
 watch is dropped and the kind relisted."""
@@ -140,8 +141,11 @@ class Informer:
 
     def _check_loop(self) -> None:
         while not self.stopping.wait(CHECK_INTERVAL):
-            if self._watch is None or time.monotonic() - self._quiet_since < CHECK_INTERVAL / 2:
-                continue  # listing, or changes are arriving: the watch is alive
+            watch = self._watch
+            if watch is None or getattr(watch, "rereads", False):
+                continue  # listing, or a watch that cannot go silent
+            if time.monotonic() - self._quiet_since < CHECK_INTERVAL / 2:
+                continue  # changes are arriving: the watch is alive
             why = self._stalled()
             if why and not self.stopping.is_set():
                 log.warning("%s: watch stalled (%s); relisting", self.kind.name, why)
