@@ -73,11 +73,12 @@ class SubnetRegistry:
     def leases(self) -> LeaseListing:
         kvs, revision = self.store.range(subnets_prefix(self.prefix))
         listing = LeaseListing([], [], set(), revision)
+        kind = LeaseKind(self.prefix)
         for kv in kvs:
             try:
                 subnet = subnet_of_key(self.prefix, kv.key)
                 listing.taken.add(subnet)
-                listing.leases.append(LeaseKind(self.prefix).decode(kv))
+                listing.leases.append(kind.decode(kv))
             except LeaseDataError as err:
                 listing.problems.append(f"{kv.key}: {err}")
         return listing

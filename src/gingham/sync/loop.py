@@ -63,6 +63,7 @@ class ReconcileLoop:
         self.managers = managers
         self.report = report
         self.stopping = threading.Event()
+        # None wakes the loop with nothing to fold in (stop() uses it).
         self._updates: queue.SimpleQueue[Update | None] = queue.SimpleQueue()
         self._retry = {m.name: _Retry() for m in managers}
         self._problems: dict[str, list[str]] = {m.name: [] for m in managers}
@@ -71,10 +72,6 @@ class ReconcileLoop:
     def deliver(self, update: Update) -> None:
         """From any thread (the informers')."""
         self._updates.put(update)
-
-    def poke(self) -> None:
-        """Wake the loop to look at the managers again (one was marked from outside)."""
-        self._updates.put(None)
 
     def start(self) -> None:
         self._thread.start()
