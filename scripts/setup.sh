@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iproute2 iputils-ping nftables libnftables1 iptables iperf3 socat
   containernetworking-plugins procps python3 python3-venv etcd-server openssl tcpdump
+  gcc libc6-dev python3-dev  # the userspace tunnels' C loops (setup.py)
 )
 
 missing=()
@@ -22,7 +23,8 @@ fi
 
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.gingham-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# Reinstalled when the package's definition or its C source changes (the build is in place).
+want=$(cat pyproject.toml setup.py src/gingham/dataplane/*.c | sha256sum | cut -d' ' -f1)
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi

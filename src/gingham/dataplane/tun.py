@@ -4,7 +4,7 @@ a stopped agent leaves none behind.
 
 The device is opened with a virtio-net header on every packet (IFF_VNET_HDR) and offers
 checksum and TCPv4 segmentation offload, so one read can hand over a 64 KB TCP super
-packet and one write can take one back (dataplane/gso.py cuts and merges them)."""
+packet and one write can take one back (dataplane/tunnel_loops.c cuts and merges them)."""
 
 from __future__ import annotations
 
