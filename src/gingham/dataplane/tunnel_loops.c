@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -557,6 +558,7 @@ static PyObject *run_outbound(PyObject *module, PyObject *args) {
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS
+    prctl(PR_SET_NAME, "tunnel-out");  /* what top -H and /proc/PID/task/TID/comm show */
     while (!stopping(table)) {
         ssize_t n = read(tun, frame, VNET_LEN + MAX_PACKET);
         if (n < 0) {
@@ -654,6 +656,7 @@ static PyObject *run_inbound(PyObject *module, PyObject *args) {
                                 : PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS
+    prctl(PR_SET_NAME, "tunnel-in");
     while (!stopping(table)) {
         ssize_t n = raw ? receive_raw(table, sock, buf, (size_t)slot, spans)
                         : receive_udp(table, sock, buf, spans);
