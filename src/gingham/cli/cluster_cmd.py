@@ -17,8 +17,15 @@ OUTPUTS = click.Choice(["table", "wide", "yaml", "json"])
 
 def open_registry(ctx: click.Context, values: dict):
     """The registry of the datastore the user chose; enters a lab's namespace if needed."""
-    from gingham.store.factory import open_store
     from gingham.subnet.registry import SubnetRegistry
+
+    return SubnetRegistry(*open_chosen_store(ctx, values))
+
+
+def open_chosen_store(ctx: click.Context, values: dict):
+    """(store, key prefix) of the datastore the user chose (--lab or the datastore options,
+    popped from `values`); enters a lab's namespace if needed."""
+    from gingham.store.factory import open_store
 
     prefix = values.pop("prefix")
     options = store_options(values)
@@ -32,7 +39,7 @@ def open_registry(ctx: click.Context, values: dict):
     if options is None:
         raise click.UsageError("choose a datastore: --lab NAME, or --datastore/--endpoints "
                                "(or GINGHAM_DATASTORE/GINGHAM_ENDPOINTS)")
-    return SubnetRegistry(open_store(options), prefix)
+    return open_store(options), prefix
 
 
 def emit(rows: list[dict], output: str, columns: list[str], wide: list[str]) -> None:

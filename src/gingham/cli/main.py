@@ -13,6 +13,7 @@ import click
 from gingham.cli.agent_cmd import agent, install_cni
 from gingham.cli.cluster_cmd import config, get
 from gingham.cli.lab_cmd import lab
+from gingham.cli.resource_cmd import apply, create, delete, replace
 
 log = logging.getLogger("gingham.cli")
 # Errors whose message already says what went wrong; others get their type named too.
@@ -68,6 +69,8 @@ cli.add_command(install_cni)
 cli.add_command(lab)
 cli.add_command(get)
 cli.add_command(config)
+for _verb in (apply, create, replace, delete):
+    cli.add_command(_verb)
 
 
 def main() -> None:

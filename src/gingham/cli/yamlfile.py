@@ -3,6 +3,7 @@ multi-line dump with a caret under the spot)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -15,17 +16,35 @@ class YamlFileError(ValueError):
 
 def load_yaml(path: str) -> object:
     """The document in `path`; YamlFileError `cannot read PATH: line L, column C: problem`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise YamlFileError(f"cannot read {path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise YamlFileError(f"cannot read {path}: not UTF-8 text ({err.reason} at byte "
-                            f"{err.start})") from None
+    text = _read(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise YamlFileError(f"cannot read {path}: {_describe(err, text)}") from None
+
+
+def load_yaml_documents(path: str) -> list[object]:
+    """Every document of a multi-document YAML file (`-`: standard input), empty ones left
+    out; YamlFileError as load_yaml's."""
+    text = _read(path)
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as err:
+        raise YamlFileError(f"cannot read {source_name(path)}: {_describe(err, text)}") from None
+
+
+def source_name(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+def _read(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise YamlFileError(f"cannot read {source_name(path)}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise YamlFileError(f"cannot read {source_name(path)}: not UTF-8 text ({err.reason} "
+                            f"at byte {err.start})") from None
 
 
 def _describe(err: yaml.YAMLError, text: str) -> str:

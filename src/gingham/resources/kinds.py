@@ -1,0 +1,210 @@
+"""The resource kinds the CLI takes (calicoctl's projectcalico.org/v3 shapes): how each is
+checked, where it lives in the datastore and how `get` shows it. Checks that look at one
+document live here; those across documents (overlapping pools) in resources/store.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gingham.model import selector
+from gingham.resources.document import RawDocument, Resource, ResourceError
+
+CALICO_API = "projectcalico.org/v3"
+ENCAP_MODES = ("Never", "Always", "CrossSubnet")
+DEFAULT_BLOCK_SIZE = 26
+BLOCK_SIZES = range(20, 33)
+MAX_ASN = 4294967295
+# DNS-1123 subdomain, as Kubernetes and Calico name resources.
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+class Fields:
+    """Reads a spec field by field, each with its type and default; `done()` refuses any
+    field nobody asked for (a typo must not pass as a default)."""
+
+    def __init__(self, spec: dict[str, Any], where: str) -> None:
+        self.spec = dict(spec)
+        self.where = where
+
+    def fail(self, message: str) -> ResourceError:
+        return ResourceError(f"{self.where}: {message}")
+
+    def take(self, name: str, kind: type | tuple[type, ...], default: Any = None,
+             required: bool = False) -> Any:
+        if name not in self.spec:
+            if required:
+                raise self.fail(f"spec.{name} is required")
+            return default
+        value = self.spec.pop(name)
+        # bool is an int in Python; an int field must not take `true`
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.fail(f"spec.{name} must be a {names}, not {value!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.take(name, str, default)
+        if value not in choices:
+            raise self.fail(f"spec.{name} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def selector(self, name: str, default: str = "") -> str:
+        text = self.take(name, str, default)
+        try:
+            selector.parse(text)
+        except selector.SelectorError as err:
+            raise self.fail(f"spec.{name} {text!r} does not parse: {err}") from None
+        return text
+
+    def asn(self, name: str, required: bool = False) -> int | None:
+        value = self.take(name, int, required=required)
+        if value is not None and not 1 <= value <= MAX_ASN:
+            raise self.fail(f"spec.{name} {value} is not an AS number (1-{MAX_ASN})")
+        return value
+
+    def done(self) -> None:
+        if self.spec:
+            raise self.fail(f"unknown field spec.{sorted(self.spec)[0]}")
+
+
+def check_ippool(fields: Fields) -> dict[str, Any]:
+    text = fields.take("cidr", str, required=True)
+    try:
+        cidr = ipaddress.ip_network(text)
+    except ValueError as err:
+        raise fields.fail(f"spec.cidr {text!r} is not a CIDR: {err}") from None
+    if cidr.version != 4:
+        raise fields.fail(f"spec.cidr {text}: only IPv4 pools are supported")
+    block_size = fields.take("blockSize", int, DEFAULT_BLOCK_SIZE)
+    if block_size not in BLOCK_SIZES:
+        raise fields.fail(f"spec.blockSize {block_size} is outside 20-32")
+    if block_size < cidr.prefixlen:
+        raise fields.fail(f"spec.blockSize /{block_size} is larger than the pool {cidr}")
+    ipip = fields.choice("ipipMode", ENCAP_MODES, "Never")
+    vxlan = fields.choice("vxlanMode", ENCAP_MODES, "Never")
+    if ipip != "Never" and vxlan != "Never":
+        raise fields.fail(f"ipipMode {ipip} and vxlanMode {vxlan}: a pool encapsulates one "
+                          "way at most")
+    spec = {
+        "cidr": str(cidr), "blockSize": block_size, "ipipMode": ipip, "vxlanMode": vxlan,
+        "natOutgoing": fields.take("natOutgoing", bool, False),
+        "disabled": fields.take("disabled", bool, False),
+        "nodeSelector": fields.selector("nodeSelector", "all()"),
+    }
+    fields.done()
+    return spec
+
+
+def check_bgp_configuration(fields: Fields) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "nodeToNodeMeshEnabled": fields.take("nodeToNodeMeshEnabled", bool, True),
+        "logSeverityScreen": fields.choice("logSeverityScreen",
+                                           ("Debug", "Info", "Warning", "Error", "Fatal"),
+                                           "Info"),
+    }
+    asn = fields.asn("asNumber")
+    if asn is not None:
+        spec["asNumber"] = asn
+    fields.done()
+    return spec
+
+
+def check_bgp_peer(fields: Fields) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    peer_ip = fields.take("peerIP", str)
+    peer_selector = fields.selector("peerSelector")
+    if (peer_ip is None) == (not peer_selector):
+        raise fields.fail("give exactly one of spec.peerIP and spec.peerSelector")
+    if peer_ip is not None:
+        try:
+            spec["peerIP"] = str(ipaddress.IPv4Address(peer_ip))
+        except ValueError:
+            raise fields.fail(f"spec.peerIP {peer_ip!r} is not an IPv4 address") from None
+        spec["asNumber"] = fields.asn("asNumber", required=True)
+    else:
+        spec["peerSelector"] = peer_selector
+        asn = fields.asn("asNumber")
+        if asn is not None:
+            spec["asNumber"] = asn
+    node = fields.take("node", str)
+    node_selector = fields.selector("nodeSelector")
+    if node is not None and node_selector:
+        raise fields.fail("give at most one of spec.node and spec.nodeSelector")
+    if node is not None:
+        spec["node"] = node
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    fields.done()
+    return spec
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    kind: str
+    plural: str  # `gingham get <plural>` and the datastore folder
+    check: Callable[[Fields], dict[str, Any]]
+    api_version: str = CALICO_API
+    namespaced: bool = False
+    aliases: tuple[str, ...] = ()  # other names `get` and `delete` take
+
+    def key(self, prefix: str, name: str, namespace: str = "") -> str:
+        return f"{self.folder(prefix)}{namespace + '/' if self.namespaced else ''}{name}"
+
+    def folder(self, prefix: str) -> str:
+        return f"{prefix}/{self.plural}/"
+
+    def parse(self, raw: RawDocument) -> Resource:
+        """The resource a document stands for, every default filled in."""
+        if raw.kind != self.kind:
+            raise ResourceError(f"{raw.where}: kind {raw.kind!r}, expected {self.kind}")
+        if raw.api_version != self.api_version:
+            raise ResourceError(f"{raw.where}: apiVersion must be {self.api_version}, not "
+                                f"{raw.api_version!r}")
+        meta = Fields(raw.metadata, raw.where)
+        name = meta.take("name", str, required=True)
+        if len(name) > 253 or not NAME.fullmatch(name):
+            raise meta.fail(f"metadata.name {name!r} is not a valid name (lower-case letters, "
+                            "digits, '-' and '.')")
+        namespace = meta.take("namespace", str, "default") if self.namespaced else ""
+        labels = meta.take("labels", dict, {})
+        for key, value in labels.items():
+            if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
+                raise meta.fail(f"label {key}={value!r}: values are strings of letters, "
+                                "digits, '-', '_' and '.'")
+        for ignored in ("uid", "resourceVersion", "creationTimestamp"):  # `get` output
+            meta.take(ignored, (str, int))
+        if meta.spec:
+            raise meta.fail(f"unknown field metadata.{sorted(meta.spec)[0]}")
+        return Resource(self.kind, name, self.check(Fields(raw.spec, raw.where)), labels,
+                        namespace, raw.where)
+
+
+KINDS = {k.kind: k for k in (
+    ResourceKind("IPPool", "ippools", check_ippool, aliases=("ippool", "pool", "pools")),
+    ResourceKind("BGPConfiguration", "bgpconfigurations", check_bgp_configuration,
+                 aliases=("bgpconfiguration", "bgpconfig", "bgpconfigs")),
+    ResourceKind("BGPPeer", "bgppeers", check_bgp_peer, aliases=("bgppeer",)),
+)}
+
+
+def kind_named(name: str) -> ResourceKind:
+    """The kind a command line names (`ippools`, `IPPool`, `pool`...)."""
+    for kind in KINDS.values():
+        if name in (kind.kind, kind.plural, *kind.aliases) or name.lower() == kind.kind.lower():
+            return kind
+    known = ", ".join(k.plural for k in KINDS.values())
+    raise ResourceError(f"unknown resource kind {name!r} (known: {known})")
+
+
+def parse_resource(raw: RawDocument) -> Resource:
+    kind = KINDS.get(raw.kind)
+    if kind is None:
+        raise ResourceError(f"{raw.where}: unknown kind {raw.kind!r} (known: "
+                            f"{', '.join(KINDS)})")
+    return kind.parse(raw)

@@ -1,0 +1,116 @@
+"""Resources in the datastore: `<prefix>/<plural>/[<namespace>/]<name>`, each value the
+complete document (JSON) that applies back to it.
+
+create/replace/apply/delete take a whole file's resources at once: every one is checked
+first, alone and against the others and what is stored (overlapping pools, a create of
+something that exists, a replace of something that does not), and only when all pass is
+anything written, each write a compare-and-swap against the revision that was checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+from gingham.resources.document import RawDocument, Resource, ResourceError, to_document
+from gingham.resources.kinds import KINDS, ResourceKind
+from gingham.store.contract import Store
+
+CREATE, REPLACE, APPLY = "create", "replace", "apply"
+
+
+@dataclass(frozen=True)
+class Stored:
+    resource: Resource
+    revision: int  # its key's modification revision, for compare-and-swap
+
+
+class ResourceStore:
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/")
+
+    def list(self, kind: ResourceKind) -> tuple[list[Stored], list[str]]:
+        """Every stored resource of `kind`, and a line for each value that does not decode."""
+        kvs, _ = self.store.range(kind.folder(self.prefix))
+        found, problems = [], []
+        for kv in kvs:
+            try:
+                found.append(Stored(self._decode(kind, kv.key, kv.value), kv.mod_revision))
+            except ResourceError as err:
+                problems.append(str(err))
+        return found, problems
+
+    def get(self, kind: ResourceKind, name: str, namespace: str = "") -> Stored | None:
+        kv = self.store.get(kind.key(self.prefix, name, namespace))
+        if kv is None:
+            return None
+        return Stored(self._decode(kind, kv.key, kv.value), kv.mod_revision)
+
+    def write(self, action: str, resources: list[Resource]) -> None:
+        """Create, replace or apply (create or replace) every resource, or none of them."""
+        plan = self._checked(action, resources)
+        for resource, revision in plan:
+            kind = KINDS[resource.kind]
+            value = json.dumps(to_document(resource, kind.api_version), sort_keys=True)
+            if not self.store.compare_and_swap(kind.key(self.prefix, resource.name,
+                                                        resource.namespace),
+                                               value.encode(), revision):
+                raise ResourceError(f"{resource.title} changed while being written; nothing "
+                                    "after it was written, run the command again")
+
+    def delete(self, resources: list[Resource]) -> None:
+        """Delete every resource, or none if any does not exist."""
+        current = []
+        for resource in resources:
+            kind = KINDS[resource.kind]
+            stored = self.get(kind, resource.name, resource.namespace)
+            if stored is None:
+                raise ResourceError(f"{resource.named}: does not exist; nothing was deleted")
+            current.append((kind, resource, stored.revision))
+        for kind, resource, revision in current:
+            if not self.store.compare_and_delete(
+                    kind.key(self.prefix, resource.name, resource.namespace), revision):
+                raise ResourceError(f"{resource.title} changed while being deleted; run the "
+                                    "command again")
+
+    def _checked(self, action: str, resources: list[Resource]) -> list[tuple[Resource, int]]:
+        seen: set[tuple[str, str, str]] = set()
+        plan = []
+        for resource in resources:
+            ident = (resource.kind, resource.namespace, resource.name)
+            if ident in seen:
+                raise ResourceError(f"{resource.named}: {resource.title} is given twice")
+            seen.add(ident)
+            stored = self.get(KINDS[resource.kind], resource.name, resource.namespace)
+            if action == CREATE and stored is not None:
+                raise ResourceError(f"{resource.named}: already exists; nothing was created")
+            if action == REPLACE and stored is None:
+                raise ResourceError(f"{resource.named}: does not exist; nothing was replaced")
+            plan.append((resource, stored.revision if stored else 0))
+        self._check_pools([r for r in resources if r.kind == "IPPool"])
+        return plan
+
+    def _check_pools(self, pools: list[Resource]) -> None:
+        """No two pools overlap, counting the stored ones these do not replace."""
+        if not pools:
+            return
+        stored, _ = self.list(KINDS["IPPool"])
+        names = {p.name for p in pools}
+        every = pools + [s.resource for s in stored if s.resource.name not in names]
+        for i, pool in enumerate(every):
+            cidr = ipaddress.IPv4Network(pool.spec["cidr"])
+            for other in every[i + 1:]:
+                if cidr.overlaps(ipaddress.IPv4Network(other.spec["cidr"])):
+                    raise ResourceError(f"{pool.named}: {cidr} overlaps {other.title} "
+                                        f"({other.spec['cidr']}); nothing was written")
+
+    def _decode(self, kind: ResourceKind, key: str, value: bytes) -> Resource:
+        try:
+            doc = json.loads(value)
+            raw = RawDocument(doc["apiVersion"], doc["kind"], doc.get("metadata", {}),
+                              doc.get("spec", {}), key)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ResourceError(f"{key}: stored value does not parse: {err}") from None
+        return kind.parse(raw)

@@ -1,0 +1,137 @@
+"""calicoctl-style resources: documents checked field by field, defaults filled in, and a
+file written whole or not at all (on the embedded store, in a temporary file)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from gingham.resources.document import ResourceError, split_documents, to_document
+from gingham.resources.kinds import KINDS, kind_named, parse_resource
+from gingham.resources.store import APPLY, CREATE, REPLACE, ResourceStore
+from gingham.store.sqlite import EmbeddedStore
+
+pytestmark = pytest.mark.unit
+POOLS = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pool-a}
+spec: {cidr: 10.10.0.0/16, ipipMode: Always, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPoolList
+items:
+- apiVersion: projectcalico.org/v3
+  kind: IPPool
+  metadata: {name: pool-b, labels: {team: net}}
+  spec: {cidr: 10.20.0.0/16, blockSize: 24, vxlanMode: CrossSubnet, nodeSelector: "zone == 'a'"}
+"""
+
+
+def load(text: str, source: str = "pools.yaml"):
+    return [parse_resource(raw) for raw in split_documents(yaml.safe_load_all(text), source)]
+
+
+def pool(name: str, cidr: str, **spec) -> str:
+    body = ", ".join(f"{k}: {v}" for k, v in {"cidr": cidr, **spec}.items())
+    return (f"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\n"
+            f"spec: {{{body}}}\n")
+
+
+@pytest.fixture
+def resources(tmp_path):
+    store = EmbeddedStore(tmp_path / "store.db")
+    yield ResourceStore(store, "/gingham/network")
+    store.close()
+
+
+def test_a_pool_gets_every_default_and_lists_unpack():
+    a, b = load(POOLS)
+    assert a.spec == {"cidr": "10.10.0.0/16", "blockSize": 26, "ipipMode": "Always",
+                      "vxlanMode": "Never", "natOutgoing": True, "disabled": False,
+                      "nodeSelector": "all()"}
+    assert (b.name, b.labels, b.spec["blockSize"], b.spec["vxlanMode"]) == (
+        "pool-b", {"team": "net"}, 24, "CrossSubnet")
+    assert load(yaml.safe_dump(to_document(b, KINDS["IPPool"].api_version))) == [b]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    (pool("p", "10.0.0.0/33"), "spec.cidr '10.0.0.0/33' is not a CIDR"),
+    (pool("p", "10.0.0.1/16"), "host bits set"),
+    (pool("p", "fd00::/64"), "only IPv4 pools"),
+    (pool("p", "10.0.0.0/16", blockSize=19), "spec.blockSize 19 is outside 20-32"),
+    (pool("p", "10.0.0.0/24", blockSize=22), "larger than the pool"),
+    (pool("p", "10.0.0.0/16", blockSize="'26'"), "spec.blockSize must be a int"),
+    (pool("p", "10.0.0.0/16", ipipMode="Always", vxlanMode="CrossSubnet"), "one way at most"),
+    (pool("p", "10.0.0.0/16", ipipMode="Sometimes"), "must be one of Never, Always, CrossSubnet"),
+    (pool("p", "10.0.0.0/16", natOutgoing="'yes'"), "spec.natOutgoing must be a bool"),
+    (pool("p", "10.0.0.0/16", nodeSelector="\"a ==\""), "does not parse"),
+    (pool("p", "10.0.0.0/16", natOutgoin="true"), "unknown field spec.natOutgoin"),
+    (pool("P_1", "10.0.0.0/16"), "metadata.name 'P_1' is not a valid name"),
+    ("apiVersion: v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\n",
+     "apiVersion must be projectcalico.org/v3"),
+    ("apiVersion: projectcalico.org/v3\nkind: Pool\nmetadata: {name: p}\n", "unknown kind 'Pool'"),
+    ("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspecs: {}\n",
+     "unknown top-level field 'specs'"),
+    ("- 1\n- 2\n", "expected a mapping, found list"),
+    ("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\n"
+     "spec: {peerIP: 192.168.50.1}\n", "spec.asNumber is required"),
+    ("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\n"
+     "spec: {peerIP: 192.168.50.1, peerSelector: all(), asNumber: 64512}\n", "exactly one of"),
+    ("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n"
+     "spec: {asNumber: 0}\n", "is not an AS number"),
+])
+def test_a_bad_document_is_one_line_naming_the_file_and_document(text, says):
+    with pytest.raises(ResourceError) as err:
+        load(pool("ok", "10.99.0.0/16") + "---\n" + text)
+    message = str(err.value)
+    assert message.startswith("pools.yaml: document 2") and says in message
+    assert "\n" not in message
+
+
+def test_create_replace_apply_delete(resources):
+    pools = load(POOLS)
+    resources.write(CREATE, pools)
+    with pytest.raises(ResourceError, match="already exists; nothing was created"):
+        resources.write(CREATE, pools)
+    changed = load(pool("pool-a", "10.10.0.0/16", natOutgoing="false"))
+    resources.write(REPLACE, changed)
+    assert resources.get(KINDS["IPPool"], "pool-a").resource.spec["natOutgoing"] is False
+    with pytest.raises(ResourceError, match="does not exist; nothing was replaced"):
+        resources.write(REPLACE, load(pool("pool-c", "10.30.0.0/16")))
+    resources.write(APPLY, load(pool("pool-c", "10.30.0.0/16")))
+    listed, problems = resources.list(KINDS["IPPool"])
+    assert [s.resource.name for s in listed] == ["pool-a", "pool-b", "pool-c"] and not problems
+    resources.delete(load(pool("pool-c", "10.30.0.0/16")))
+    assert resources.get(KINDS["IPPool"], "pool-c") is None
+    with pytest.raises(ResourceError, match="does not exist; nothing was deleted"):
+        resources.delete(load(pool("pool-c", "10.30.0.0/16")))
+
+
+def test_nothing_of_a_file_is_written_when_one_resource_fails(resources):
+    resources.write(APPLY, load(pool("pool-a", "10.10.0.0/16")))
+    # the second overlaps the stored pool-a; the first must not be written either
+    bad = load(pool("fresh", "10.40.0.0/16") + "---\n" + pool("inner", "10.10.8.0/24"))
+    with pytest.raises(ResourceError, match=r"document 2 .*overlaps IPPool pool-a"):
+        resources.write(APPLY, bad)
+    assert resources.get(KINDS["IPPool"], "fresh") is None
+    # within one file too, and a pool may be moved by the file that replaces it
+    with pytest.raises(ResourceError, match=r"document 1 .*overlaps IPPool y"):
+        resources.write(APPLY, load(pool("x", "10.50.0.0/16") + "---\n"
+                                    + pool("y", "10.50.0.0/20")))
+    resources.write(APPLY, load(pool("pool-a", "10.11.0.0/16") + "---\n"
+                                + pool("next", "10.10.0.0/16")))
+
+
+def test_a_stored_value_that_does_not_decode_is_reported_not_fatal(resources):
+    resources.write(APPLY, load(pool("good", "10.10.0.0/16")))
+    resources.store.put("/gingham/network/ippools/broken", b"{not json")
+    listed, problems = resources.list(KINDS["IPPool"])
+    assert [s.resource.name for s in listed] == ["good"]
+    assert problems and problems[0].startswith("/gingham/network/ippools/broken")
+
+
+def test_kinds_are_found_by_any_of_their_names():
+    assert kind_named("ippools") is kind_named("IPPool") is kind_named("pool")
+    with pytest.raises(ResourceError, match="unknown resource kind 'pods'"):
+        kind_named("pods")
