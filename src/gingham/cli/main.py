@@ -12,6 +12,7 @@ import click
 
 from gingham.cli.agent_cmd import agent, install_cni
 from gingham.cli.cluster_cmd import config, get
+from gingham.cli.ipam_cmd import ipam
 from gingham.cli.lab_cmd import lab
 from gingham.cli.resource_cmd import apply, create, delete, replace
 
@@ -69,6 +70,7 @@ cli.add_command(install_cni)
 cli.add_command(lab)
 cli.add_command(get)
 cli.add_command(config)
+cli.add_command(ipam)
 for _verb in (apply, create, replace, delete):
     cli.add_command(_verb)
 
