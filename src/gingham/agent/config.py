@@ -41,9 +41,14 @@ class AgentConfig:
     public_ip: ipaddress.IPv4Address | None = None
     ip_masq: bool = True
     workers: int = 8
+    mode: str = "flannel"  # or calico: the cluster mode this agent runs (calico/kinds.py)
 
     def __post_init__(self) -> None:
         check_node_name(self.node_name)
+        if self.mode not in ("flannel", "calico"):
+            raise ValueError(f"mode {self.mode!r} is not flannel or calico")
+        if self.mode == "calico" and self.store is None:
+            raise ValueError("calico mode needs a datastore (--datastore)")
         if self.store is None:
             if self.pod_subnet is None:
                 raise ValueError("give --subnet (static mode) or --datastore")

@@ -166,7 +166,12 @@ class Agent:
 def run_agent(config: AgentConfig) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    agent = Agent(config)
+    if config.mode == "calico":
+        from gingham.calico.agent import CalicoAgent
+
+        agent: Agent | CalicoAgent = CalicoAgent(config)
+    else:
+        agent = Agent(config)
     try:
         agent.run()
     except (Stop, InterruptedError) as why:

@@ -71,6 +71,8 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
               expose_value=False, callback=load_config_file,
               help="YAML/JSON file with any of these options.")
 @click.option("--node-name", required=True, help="This node's name.")
+@click.option("--mode", type=click.Choice(["flannel", "calico"]), default="flannel",
+              show_default=True, help="The cluster mode (the datastore's must match).")
 @click.option("--subnet", "pod_subnet", type=Network(),
               help="Static pod subnet (no datastore), e.g. 10.244.1.0/24.")
 @click.option("--cluster-cidr", type=Network(),

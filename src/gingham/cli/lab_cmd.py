@@ -132,13 +132,33 @@ def lab() -> None:
               callback=lambda c, p, v: dict(map(_backend_option, v)),
               help="Backend key of net-conf.json, e.g. DirectRouting=true or VNI=4.")
 @click.option("--ip-masq/--no-ip-masq", default=True, show_default=True,
-              help="Agents masquerade pod traffic that leaves the cluster.")
-def up(lab: str, nodes: int | None, topology_file: str | None,
+              help="Agents masquerade pod traffic that leaves the cluster (calico: the "
+                   "default pool's natOutgoing).")
+@click.option("--mode", type=click.Choice(["flannel", "calico"]), default="flannel",
+              show_default=True, help="calico: routed cali* pods, IP pools, block IPAM.")
+@click.option("--encap", type=click.Choice(["none", "vxlan", "ipip"]), default=None,
+              help="calico: the default pool's encapsulation (default none).")
+@click.option("--cross-subnet", is_flag=True,
+              help="calico: encapsulate only between nodes on different subnets.")
+@click.pass_context
+def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | None,
        pod_cidr: ipaddress.IPv4Network, datastore: str, backend: str,
-       backend_options: dict, ip_masq: bool) -> None:
+       backend_options: dict, ip_masq: bool, mode: str, encap: str | None,
+       cross_subnet: bool) -> None:
     """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
+
+    if mode == "calico":
+        given = [name for name in ("backend", "backend_options")
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} is Flannel's; Calico "
+                                   "mode takes --encap and --cross-subnet")
+        if cross_subnet and encap in (None, "none"):
+            raise click.UsageError("--cross-subnet needs --encap vxlan or ipip")
+    elif encap is not None or cross_subnet:
+        raise click.UsageError("--encap and --cross-subnet are for --mode calico")
 
     if topology_file is None:
         plan = LabPlan.single_segment(lab, nodes or 1, pod_cidr, datastore=datastore,
@@ -149,7 +169,8 @@ def up(lab: str, nodes: int | None, topology_file: str | None,
         plan = LabPlan.from_topology(lab, _topology(topology_file), pod_cidr,
                                      datastore=datastore, backend=backend,
                                      backend_options=backend_options)
-    plan = dataclasses.replace(plan, ip_masq=ip_masq)
+    plan = dataclasses.replace(plan, ip_masq=ip_masq, mode=mode, encap=encap or "none",
+                               cross_subnet=cross_subnet)
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
     for router in plan.routers:

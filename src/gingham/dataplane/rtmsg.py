@@ -24,7 +24,7 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLMSG_DONE = 3
 AF_BRIDGE = 7
 RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
-RTN_UNICAST = 1
+RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NDA_DST, NDA_LLADDR = 1, 2
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -44,12 +44,17 @@ def _mac(text: str) -> bytes:
 
 
 def route_message(add: bool, dst: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address | None,
-                  oif: int, onlink: bool, table: int, proto: int, exclusive: bool = False
-                  ) -> Message:
-    """Add (or replace, unless exclusive) / delete one IPv4 route. A delete names the
-    protocol, so the kernel deletes only a route of that protocol."""
+                  oif: int, onlink: bool, table: int, proto: int, exclusive: bool = False,
+                  blackhole: bool = False) -> Message:
+    """Add (or replace, unless exclusive) / delete one IPv4 route; a blackhole route has no
+    device. A delete names the protocol, so the kernel deletes only a route of that
+    protocol."""
     if add:
         flags = NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_REPLACE)
+        if blackhole:
+            head = RTMSG.pack(2, dst.prefixlen, 0, 0, table, proto, RT_SCOPE_UNIVERSE,
+                              RTN_BLACKHOLE, 0)
+            return RTM_NEWROUTE, flags, head + _attr(RTA_DST, dst.network_address.packed)
         head = RTMSG.pack(2, dst.prefixlen, 0, 0, table, proto, RT_SCOPE_UNIVERSE,
                           RTN_UNICAST, 4 if onlink else 0)
         body = head + _attr(RTA_DST, dst.network_address.packed) \

@@ -73,6 +73,9 @@ def plan_of(record: LabRecord) -> LabPlan:
         routers=tuple(RouterPlan(r["name"], tuple((seg, ipaddress.IPv4Interface(addr))
                                                   for seg, addr in r["ports"]))
                       for r in p["routers"]),
+        mode=p.get("mode", "flannel"),  # labs recorded before modes were Flannel's
+        encap=p.get("encap", "none"),
+        cross_subnet=p.get("cross_subnet", False),
     )
 
 
@@ -88,6 +91,7 @@ def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
     return [
         sys.executable, "-m", "gingham.cli.main", "agent",
         "--node-name", node.name,
+        "--mode", record.plan.get("mode", "flannel"),
         *control.agent_store_args(record),
         "--prefer-subnet", str(node.pod_subnet),
         "--ip-masq" if record.plan.get("ip_masq", True) else "--no-ip-masq",

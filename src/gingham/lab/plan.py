@@ -85,6 +85,9 @@ class LabPlan:
     ip_masq: bool = True  # agents masquerade pod traffic leaving the cluster (flanneld --ip-masq)
     segments: tuple[SegmentPlan, ...] = ()
     routers: tuple[RouterPlan, ...] = ()
+    mode: str = "flannel"  # or calico: routed pods, IP pools and block IPAM
+    encap: str = "none"  # calico: the default pool's encapsulation, none, vxlan or ipip
+    cross_subnet: bool = False  # calico: encapsulate only between subnets (CrossSubnet)
 
     @classmethod
     def single_segment(

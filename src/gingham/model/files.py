@@ -33,17 +33,17 @@ def parse_subnet_env(text: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4In
         raise ValueError(f"subnet.env has no {err.args[0]}") from None
 
 
-def render_conflist(name: str, bridge: str, mtu: int, agent_socket: Path) -> dict:
-    """gingham as the main plugin, chained with portmap and bandwidth as Flannel does."""
+def render_conflist(name: str, bridge: str | None, mtu: int, agent_socket: Path) -> dict:
+    """gingham as the main plugin, chained with portmap and bandwidth as Flannel does (and
+    Calico: there with no bridge, `bridge` None)."""
+    bridged = {"bridge": bridge, "mtu": mtu, "hairpinMode": True} if bridge else {"mtu": mtu}
     return {
         "cniVersion": CONFLIST_VERSION,
         "name": name,
         "plugins": [
             {
                 "type": "gingham",
-                "bridge": bridge,
-                "mtu": mtu,
-                "hairpinMode": True,
+                **bridged,
                 "agentSocket": str(agent_socket),
                 "ipam": {"type": "gingham-ipam"},
             },

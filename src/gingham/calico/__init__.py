@@ -1,0 +1,1 @@
+"""Calico mode: routed pods, block IPAM, routes from the datastore."""
