@@ -31,6 +31,7 @@ from gingham.ipam.blocks import (
     free_blocks,
 )
 from gingham.model import selector
+from gingham.resources.document import Resource
 from gingham.resources.kinds import KINDS
 from gingham.resources.store import ResourceStore
 from gingham.store.contract import Store
@@ -52,6 +53,11 @@ class Pool:
     cidr: ipaddress.IPv4Network
     block_size: int
     spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, pool: Resource) -> Pool:
+        return cls(pool.name, ipaddress.IPv4Network(pool.spec["cidr"]), pool.spec["blockSize"],
+                   pool.spec)
 
     def selects(self, labels: Mapping[str, str]) -> bool:
         return not self.spec["disabled"] and selector.parse(
@@ -97,8 +103,7 @@ class BlockIpam:
 
     def pools(self) -> list[Pool]:
         stored, _ = self.resources.list(KINDS["IPPool"])
-        return [Pool(s.resource.name, ipaddress.IPv4Network(s.resource.spec["cidr"]),
-                     s.resource.spec["blockSize"], s.resource.spec) for s in stored]
+        return [Pool.of(s.resource) for s in stored]
 
     def blocks(self) -> tuple[dict[ipaddress.IPv4Network, StoredBlock], list[str]]:
         """Every block, and a line for each stored value that does not parse."""

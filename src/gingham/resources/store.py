@@ -26,6 +26,17 @@ class Stored:
     revision: int  # its key's modification revision, for compare-and-swap
 
 
+def decode_stored(kind: ResourceKind, key: str, value: bytes) -> Resource:
+    """The resource a stored value holds; ResourceError naming the key if none."""
+    try:
+        doc = json.loads(value)
+        raw = RawDocument(doc["apiVersion"], doc["kind"], doc.get("metadata", {}),
+                          doc.get("spec", {}), key)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ResourceError(f"{key}: stored value does not parse: {err}") from None
+    return kind.parse(raw)
+
+
 class ResourceStore:
     def __init__(self, store: Store, prefix: str) -> None:
         self.store = store
@@ -37,7 +48,7 @@ class ResourceStore:
         found, problems = [], []
         for kv in kvs:
             try:
-                found.append(Stored(self._decode(kind, kv.key, kv.value), kv.mod_revision))
+                found.append(Stored(decode_stored(kind, kv.key, kv.value), kv.mod_revision))
             except ResourceError as err:
                 problems.append(str(err))
         return found, problems
@@ -46,7 +57,7 @@ class ResourceStore:
         kv = self.store.get(kind.key(self.prefix, name, namespace))
         if kv is None:
             return None
-        return Stored(self._decode(kind, kv.key, kv.value), kv.mod_revision)
+        return Stored(decode_stored(kind, kv.key, kv.value), kv.mod_revision)
 
     def write(self, action: str, resources: list[Resource]) -> None:
         """Create, replace or apply (create or replace) every resource, or none of them."""
@@ -106,11 +117,3 @@ class ResourceStore:
                     raise ResourceError(f"{pool.named}: {cidr} overlaps {other.title} "
                                         f"({other.spec['cidr']}); nothing was written")
 
-    def _decode(self, kind: ResourceKind, key: str, value: bytes) -> Resource:
-        try:
-            doc = json.loads(value)
-            raw = RawDocument(doc["apiVersion"], doc["kind"], doc.get("metadata", {}),
-                              doc.get("spec", {}), key)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ResourceError(f"{key}: stored value does not parse: {err}") from None
-        return kind.parse(raw)
