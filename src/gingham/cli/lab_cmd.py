@@ -209,11 +209,15 @@ def status(lab: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
                                "datastore": plan.datastore, "backend": plan.backend,
+                               "mode": plan.mode, "encap": plan.encap,
+                               "crossSubnet": plan.cross_subnet,
                                "ipMasq": plan.ip_masq,
                                "nodes": nodes, "external": str(plan.external.address.ip)},
                               indent=2))
         return
-    click.echo(f"lab {lab}: pod CIDR {plan.pod_cidr}, backend {plan.backend}, datastore "
+    how = (f"mode calico, encap {plan.encap}{' (cross-subnet)' if plan.cross_subnet else ''}"
+           if plan.mode == "calico" else f"backend {plan.backend}")
+    click.echo(f"lab {lab}: pod CIDR {plan.pod_cidr}, {how}, datastore "
                f"{plan.datastore}, ip-masq {'on' if plan.ip_masq else 'off'}, "
                f"underlay {plan.underlay}, external {plan.external.address.ip}")
     click.echo(format_table([("NODE", "ADDRESS", "POD SUBNET", "DATASTORE", "AGENT", "PID",
