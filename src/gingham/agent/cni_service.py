@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 
 from gingham.agent import delegate
 from gingham.agent.config import AgentConfig
-from gingham.cni.environment import PluginEnv, parse_env
+from gingham.cni.environment import PluginEnv, parse_env, pod_of
 from gingham.cni.result import Interface, IPConfig, Result, Route
 from gingham.cni.spec import (
     DATAPLANE_FAILURE,
@@ -42,6 +42,7 @@ from gingham.ipam.ranges import AddressRange
 from gingham.ipam.store import Owner
 from gingham.model import netconf
 from gingham.model.netconf import IPAM_TYPE, IpamConf, NetConf
+from gingham.workloads.recorder import WorkloadRecorder
 
 log = logging.getLogger("gingham.agent.cni")
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
@@ -62,6 +63,8 @@ class CniService:
         if config.pod_subnet is not None:
             self.ipam.prepare([AddressRange.for_subnet(config.pod_subnet)])
         self.unlinker = Unlinker()
+        # Set once the node has joined a datastore (none in static mode): pods recorded.
+        self.workloads: WorkloadRecorder | None = None
         self._local = threading.local()
         self._handlers: dict[tuple[str, str], Handler] = {
             ("main", "ADD"): self.main_add,
@@ -236,6 +239,14 @@ class CniService:
                 return index
         return ensure_bridge(node, conf.bridge, gateway, mtu)
 
+    def record_added(self, env: PluginEnv, ip: str) -> None:
+        if self.workloads is not None:
+            self.workloads.added(*pod_of(env), ip, env.container_id)
+
+    def record_deleted(self, env: PluginEnv) -> None:
+        if self.workloads is not None:
+            self.workloads.deleted(*pod_of(env), env.container_id)
+
     def main_add(self, env: PluginEnv, conf: NetConf) -> dict:
         mtu = conf.mtu or self.mtu
         pod_fd = self._open_pod_fd(env)
@@ -243,6 +254,7 @@ class CniService:
             ours = self._attach(env, conf, pod_fd, mtu)
         finally:
             os.close(pod_fd)
+        self.record_added(env, str(ours.ips[0].address.ip))
         if conf.prev_result is not None:
             ours = conf.prev_result.extended_by(ours)
         return ours.to_json(conf.cni_version)
@@ -306,10 +318,13 @@ class CniService:
         # a following ADD of this attachment finds both names free.
         self.unlinker.delete(podlink.host_veth_name(env.container_id, env.ifname))
         self._ipam_del(env, conf)
+        self.record_deleted(env)
 
     def close(self) -> None:
         self.unlinker.close()
         self.ipam.close()
+        if self.workloads is not None:
+            self.workloads.close()
 
     def main_check(self, env: PluginEnv, conf: NetConf) -> None:
         if conf.prev_result is None:

@@ -29,6 +29,8 @@ from gingham.subnet.kinds import ConfigKind, LeaseKind
 from gingham.subnet.lease import config_key
 from gingham.sync.informer import Informer
 from gingham.sync.loop import ReconcileLoop
+from gingham.workloads.recorder import WorkloadRecorder
+from gingham.workloads.store import WorkloadStore
 
 log = logging.getLogger("gingham.agent")
 
@@ -97,6 +99,9 @@ class Agent:
                                masquerade.programmed_nodes())
         reconcile_node(config, mtu, masq.current)
         self.serve(config, mtu)
+        assert self.server is not None
+        self.server.service.workloads = WorkloadRecorder(
+            WorkloadStore(m.registry.store, m.registry.prefix), config.node_name)
         follower = ConfigFollower(config_key(m.registry.prefix),
                                   lambda stored: self._follow(m, stored, config, uplink,
                                                               routes, masq))

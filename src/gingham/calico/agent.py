@@ -32,6 +32,8 @@ from gingham.subnet.lease import NodeInfo
 from gingham.subnet.registry import SubnetRegistry
 from gingham.sync.informer import Informer
 from gingham.sync.loop import ReconcileLoop
+from gingham.workloads.recorder import WorkloadRecorder
+from gingham.workloads.store import WorkloadStore
 
 log = logging.getLogger("gingham.calico.agent")
 JOIN_RETRY = 2.0
@@ -64,6 +66,7 @@ class CalicoAgent:
                 render_conflist(self.config.network_name, None, mtu, self.config.socket_path),
                 indent=2))
         service = CalicoCniService(self.config, mtu, ipam, lambda: self.config.labels)
+        service.workloads = WorkloadRecorder(WorkloadStore(store, prefix), self.config.node_name)
         self.server = PluginServer(self.config.socket_path, service, self.config.workers)
         self.server.bind()
         threading.Thread(target=self.server.serve_forever, name="cni-accept",

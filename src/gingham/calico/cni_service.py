@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from gingham.agent.cni_service import CniService, owner_mark
 from gingham.agent.config import AgentConfig
-from gingham.cni.environment import PluginEnv
+from gingham.cni.environment import PluginEnv, pod_of
 from gingham.cni.result import Interface, IPConfig, Result, Route
 from gingham.cni.spec import (
     ADDRESSES_EXHAUSTED,
@@ -36,14 +36,6 @@ from gingham.store.contract import StoreError
 
 log = logging.getLogger("gingham.calico.cni")
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
-DEFAULT_NAMESPACE = "default"
-
-
-def pod_of(env: PluginEnv) -> tuple[str, str]:
-    """(namespace, pod) from CNI_ARGS; without them the container ID stands for the pod."""
-    args = dict(part.split("=", 1) for part in env.args.split(";") if "=" in part)
-    return (args.get("K8S_POD_NAMESPACE") or DEFAULT_NAMESPACE,
-            args.get("K8S_POD_NAME") or env.container_id)
 
 
 class CalicoCniService(CniService):
@@ -137,6 +129,7 @@ class CalicoCniService(CniService):
             routes=[Route(DEFAULT_ROUTE, None)],
             dns=conf.dns,
         )
+        self.record_added(env, str(address))
         if conf.prev_result is not None:
             ours = conf.prev_result.extended_by(ours)
         return ours.to_json(conf.cni_version)
@@ -144,6 +137,7 @@ class CalicoCniService(CniService):
     def main_del(self, env: PluginEnv, conf: NetConf) -> None:
         self.unlinker.delete(self._host_name(env))
         self._ipam_del(env, conf)
+        self.record_deleted(env)
 
     def main_check(self, env: PluginEnv, conf: NetConf) -> None:
         if conf.prev_result is None:

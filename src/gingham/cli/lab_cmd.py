@@ -63,7 +63,16 @@ def _burst(rate: int) -> int:
     return max(int(rate * BURST_SECONDS), MIN_BURST_BITS)
 
 
-def _port(value: str) -> dict:
+def _port(value: str):
+    """A named container port (NAME=PORT[/PROTO], what policies name) or a host port
+    mapping (HOSTPORT:CONTAINERPORT[/PROTO], portmap's)."""
+    if "=" in value:
+        from gingham.workloads.records import NamedPort, WorkloadDataError
+
+        try:
+            return NamedPort.parse(value)
+        except WorkloadDataError as err:
+            raise click.BadParameter(str(err)) from None
     found = PORT.match(value)
     if not found or not all(0 < int(found.group(i)) < 65536 for i in (1, 2)):
         raise click.BadParameter(f"{value!r} is not HOSTPORT:CONTAINERPORT[/tcp|udp|sctp]")
@@ -350,7 +359,8 @@ def pod() -> None:
 @click.option("--label", "labels", multiple=True, callback=lambda c, p, v: dict(map(_label, v)),
               help="K=V, repeatable.")
 @click.option("--port", "ports", multiple=True, callback=lambda c, p, v: [_port(x) for x in v],
-              help="HOSTPORT:CONTAINERPORT[/PROTO] mapping on the node (portmap).")
+              help="NAME=PORT[/PROTO]: a named container port; HOSTPORT:CONTAINERPORT[/PROTO]: "
+                   "a mapping on the node (portmap). Repeatable.")
 @click.option("--ingress-rate", callback=_rate,
               help="Bandwidth limit into the pod, bits/s (e.g. 100M).")
 @click.option("--egress-rate", callback=_rate, help="Bandwidth limit out of the pod, bits/s.")
@@ -358,10 +368,13 @@ def pod_add(lab: str, node: str, ref: str, labels: dict, ports: list, ingress_ra
             egress_rate: int | None) -> None:
     """Create a pod on NODE and print its IP."""
     from gingham.lab import cluster
+    from gingham.workloads.records import NamedPort
 
     capabilities: dict = {}
-    if ports:
-        capabilities["portMappings"] = ports
+    named = [p for p in ports if isinstance(p, NamedPort)]
+    mappings = [p for p in ports if not isinstance(p, NamedPort)]
+    if mappings:
+        capabilities["portMappings"] = mappings
     bandwidth: dict[str, int] = {}
     if ingress_rate:
         bandwidth |= {"ingressRate": ingress_rate, "ingressBurst": _burst(ingress_rate)}
@@ -369,7 +382,7 @@ def pod_add(lab: str, node: str, ref: str, labels: dict, ports: list, ingress_ra
         bandwidth |= {"egressRate": egress_rate, "egressBurst": _burst(egress_rate)}
     if bandwidth:
         capabilities["bandwidth"] = bandwidth
-    click.echo(cluster.add_pod(lab, node, ref, labels, capabilities).ip)
+    click.echo(cluster.add_pod(lab, node, ref, labels, capabilities, ports=named).ip)
 
 
 @pod.command("del")

@@ -15,6 +15,7 @@ from gingham.cli.cluster_cmd import config, get
 from gingham.cli.ipam_cmd import ipam
 from gingham.cli.lab_cmd import lab
 from gingham.cli.resource_cmd import apply, create, delete, replace
+from gingham.cli.workload_cmd import label
 
 log = logging.getLogger("gingham.cli")
 # Errors whose message already says what went wrong; others get their type named too.
@@ -71,6 +72,7 @@ cli.add_command(lab)
 cli.add_command(get)
 cli.add_command(config)
 cli.add_command(ipam)
+cli.add_command(label)
 for _verb in (apply, create, replace, delete):
     cli.add_command(_verb)
 

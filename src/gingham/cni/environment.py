@@ -66,3 +66,14 @@ def parse_env(env: dict[str, str]) -> PluginEnv:
         check_ifname(parsed.ifname)
     return parsed
 
+
+
+DEFAULT_NAMESPACE = "default"
+
+
+def pod_of(env: PluginEnv) -> tuple[str, str]:
+    """(namespace, pod) from CNI_ARGS K8S_POD_NAMESPACE/K8S_POD_NAME, as kubelet passes
+    them; without them the container ID stands for the pod, in namespace default."""
+    args = dict(part.split("=", 1) for part in env.args.split(";") if "=" in part)
+    return (args.get("K8S_POD_NAMESPACE") or DEFAULT_NAMESPACE,
+            args.get("K8S_POD_NAME") or env.container_id)

@@ -30,6 +30,8 @@ from gingham.lab.plan import (
 from gingham.lab.runtime import Attachment, CniRuntime
 from gingham.lab.state import LabFiles, LabRecord, PodRecord
 from gingham.lab.topology import RouterPlan, SegmentPlan
+from gingham.workloads.records import NamedPort, Pod
+from gingham.workloads.store import WorkloadStore
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 AGENT_READY_TIMEOUT = 20.0
@@ -477,7 +479,11 @@ def _attachment(pod: PodRecord, capabilities: dict | None = None) -> Attachment:
 
 
 def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
-            capabilities: dict | None = None, files: LabFiles | None = None) -> PodRecord:
+            capabilities: dict | None = None, files: LabFiles | None = None,
+            ports: list[NamedPort] | None = None) -> PodRecord:
+    """Make the pod's namespace and ADD it through the node's chain. Its object (labels,
+    named ports, node) is declared in the datastore first, as the API server holds a pod
+    before kubelet asks the network for it; the CNI service adds its IP."""
     files = files or LabFiles(lab)
     namespace, name = parse_pod_ref(ref)
     with files.locked():
@@ -500,6 +506,9 @@ def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
     att = _attachment(pod, capabilities)
     made_netns = False
     try:
+        with control.lab_registry(record) as registry:
+            WorkloadStore(registry.store, registry.prefix).declare_pod(Pod(
+                namespace, name, dict(labels or {}), node, ports=list(ports or [])))
         procs.add_netns(pod.netns)
         made_netns = True
         pod.ip = _pod_ip(runtime.add(att))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gingham.model.network import NetworkConfig, NetworkConfigError, parse_network_config
 from gingham.store.contract import Store
@@ -103,7 +104,14 @@ class SubnetRegistry:
     # -- nodes -------------------------------------------------------------------------
 
     def put_node(self, node: NodeInfo, store_lease: int = 0) -> None:
-        self.store.put(nodes_prefix(self.prefix) + node.name, node.encode(), store_lease)
+        """Write the node's record; labels set on it since (`gingham label nodes`) stay,
+        the agent's own (--label) win."""
+        key = nodes_prefix(self.prefix) + node.name
+        kv = self.store.get(key)
+        with contextlib.suppress(LeaseDataError):
+            if kv is not None:
+                node = replace(node, labels={**NodeInfo.decode(kv.value).labels, **node.labels})
+        self.store.put(key, node.encode(), store_lease)
 
     def nodes(self) -> tuple[list[NodeInfo], list[str]]:
         kvs, _ = self.store.range(nodes_prefix(self.prefix))
@@ -114,6 +122,19 @@ class SubnetRegistry:
             except LeaseDataError as err:
                 problems.append(f"{kv.key}: {err}")
         return nodes, problems
+
+    def label_node(self, name: str, edit) -> NodeInfo:
+        """Change a node record's labels under compare-and-swap (its lease kept)."""
+        key = nodes_prefix(self.prefix) + name
+        for _ in range(100):
+            kv = self.store.get(key)
+            if kv is None:
+                raise LookupError(f"node {name} does not exist")
+            node = NodeInfo.decode(kv.value)
+            node = replace(node, labels=edit(node.labels))
+            if self.store.compare_and_swap(key, node.encode(), kv.mod_revision, kv.lease):
+                return node
+        raise RuntimeError(f"node {name} kept changing")
 
     def delete_node(self, name: str) -> bool:
         return self.store.delete(nodes_prefix(self.prefix) + name)

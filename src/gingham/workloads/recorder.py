@@ -1,0 +1,76 @@
+"""The CNI service's side of the workload objects: a pod is recorded on ADD and removed on
+DEL. A call never waits for a datastore that does not answer (Flannel mode serves pods
+while it is down): what could not be written is kept, in order, and written by a thread
+of its own as soon as the datastore answers again. Nothing is lost, and the latest word
+on a pod wins."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from gingham.store.contract import StoreError
+from gingham.workloads.store import WorkloadStore
+
+log = logging.getLogger("gingham.workloads.recorder")
+RETRY = 2.0
+
+
+class WorkloadRecorder:
+    def __init__(self, workloads: WorkloadStore, node: str) -> None:
+        self.workloads = workloads
+        self.node = node
+        self._pending: OrderedDict[tuple[str, str], Callable[[], None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._retry_loop, name="workload-recorder",
+                                        daemon=True)
+        self._thread.start()
+
+    def added(self, namespace: str, name: str, ip: str, container_id: str) -> None:
+        self._write((namespace, name), lambda: self.workloads.attach(
+            namespace, name, self.node, ip, container_id))
+
+    def deleted(self, namespace: str, name: str, container_id: str) -> None:
+        self._write((namespace, name),
+                    lambda: self.workloads.detach(namespace, name, container_id))
+
+    def _write(self, pod: tuple[str, str], write: Callable[[], None]) -> None:
+        with self._lock:
+            if pod in self._pending:  # an older word waits: this one replaces it, in order
+                self._pending.pop(pod)
+                self._pending[pod] = write
+                return
+        try:
+            write()
+        except (StoreError, RuntimeError) as err:
+            log.warning("pod %s/%s not recorded yet (%s); retrying", *pod, err)
+            with self._lock:
+                self._pending[pod] = write
+            self._wake.set()
+
+    def _retry_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(RETRY)
+            self._wake.clear()
+            while not self._stopping.is_set():
+                with self._lock:
+                    if not self._pending:
+                        break
+                    pod, write = next(iter(self._pending.items()))
+                try:
+                    write()
+                except (StoreError, RuntimeError):
+                    self._stopping.wait(RETRY)
+                    continue
+                with self._lock:
+                    if self._pending.get(pod) is write:
+                        del self._pending[pod]
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(5)
