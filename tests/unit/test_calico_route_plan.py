@@ -4,6 +4,7 @@ its own as blackholes, borrowed addresses as /32s; encapsulation and routers rep
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -12,14 +13,18 @@ from gingham.calico.route_plan import plan_routes
 from gingham.dataplane.masquerade import render_masquerade_table
 from gingham.dataplane.routes import RouteIntent
 from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import FdbIntent, NeighIntent
 from gingham.ipam.block_ipam import Pool
 from gingham.ipam.blocks import Block
+from gingham.subnet.lease import NodeInfo
 
 pytestmark = pytest.mark.unit
 N, A = ipaddress.IPv4Network, ipaddress.IPv4Address
 UPLINK = Uplink("eth0", 2, ipaddress.IPv4Interface("192.168.50.11/24"), 1500)
-NODES = {"node1": A("192.168.50.11"), "node2": A("192.168.50.12"),
-         "far": A("192.168.60.13")}
+NODES = {name: NodeInfo(name, A(ip)) for name, ip in (
+    ("node1", "192.168.50.11"), ("node2", "192.168.50.12"), ("far", "192.168.60.13"))}
+WITH_VTEPS = {name: replace(node, vxlan_address=f"10.244.{i}.9", vxlan_mac=f"02:00:00:00:00:0{i}")
+              for i, (name, node) in enumerate(NODES.items())}
 
 
 def pool(ipip: str = "Never", vxlan: str = "Never") -> Pool:
@@ -60,12 +65,21 @@ def test_encapsulation_and_routers_are_reported_not_programmed():
     assert plan.problems == ["10.244.1.0/26: node far (192.168.60.13) is not on this node's "
                              "subnet 192.168.50.0/24 and pool default does not encapsulate "
                              "(needs BGP, or vxlanMode/ipipMode CrossSubnet)"]
-    # CrossSubnet: plain routes on the segment, encapsulation only across the router
-    crossing = plan_routes("node1", blocks, NODES, [pool(vxlan="CrossSubnet")], UPLINK)
-    assert crossing.routes == plan.routes
-    assert "encapsulates to node far" in crossing.problems[0]
-    always = plan_routes("node1", blocks, NODES, [pool(ipip="Always")], UPLINK)
-    assert always.routes == set() and len(always.problems) == 2
+    # CrossSubnet: plain routes on the segment, VXLAN only across the router
+    crossing = plan_routes("node1", blocks, WITH_VTEPS, [pool(vxlan="CrossSubnet")], UPLINK,
+                           vtep=7)
+    assert crossing.routes == plan.routes | {
+        RouteIntent(N("10.244.1.0/26"), A("10.244.2.9"), 7, onlink=True)}
+    assert crossing.neighbours == {NeighIntent(A("10.244.2.9"), "02:00:00:00:00:02")}
+    assert crossing.fdb == {FdbIntent("02:00:00:00:00:02", A("192.168.60.13"))}
+    assert crossing.problems == []
+    always = plan_routes("node1", blocks, WITH_VTEPS, [pool(vxlan="Always")], UPLINK, vtep=7)
+    assert {r.gateway for r in always.routes} == {A("10.244.1.9"), A("10.244.2.9")}
+    # no device yet, or a node that has not published its tunnel: said, not half-done
+    assert "no VXLAN tunnel to node far yet" in plan_routes(
+        "node1", blocks, WITH_VTEPS, [pool(vxlan="Always")], UPLINK).problems[0]
+    ipip = plan_routes("node1", blocks, NODES, [pool(ipip="Always")], UPLINK)
+    assert ipip.routes == set() and len(ipip.problems) == 2
 
 
 def test_a_node_without_a_record_is_reported():

@@ -22,7 +22,6 @@ from gingham.calico.block_routes import BlockRoutes
 from gingham.calico.cni_service import CalicoCniService
 from gingham.calico.kinds import BlockKind, NodeKind, PoolKind, cluster_key, decode_mode
 from gingham.calico.nat_outgoing import NatOutgoing
-from gingham.calico.route_plan import encapsulates
 from gingham.dataplane import sysctl
 from gingham.ipam.block_ipam import BlockIpam
 from gingham.model.files import render_conflist, write_atomically
@@ -76,7 +75,8 @@ class CalicoAgent:
         self.status.update(public_ip=str(public_ip))
         # Sets before routes, as in Flannel mode: the masquerade exceptions for a new node
         # are in place before its pods are routed.
-        routes = BlockRoutes(self.config.node_name, uplink, self.status)
+        routes = BlockRoutes(self.config.node_name, uplink, self.status, ipam,
+                             lambda: self.config.labels)
         self.loop = ReconcileLoop([NatOutgoing(), routes], self._report)
         self.informers = [Informer(store, kind(prefix), self.loop.deliver)
                           for kind in (PoolKind, NodeKind, BlockKind)]
@@ -118,8 +118,7 @@ class CalicoAgent:
         that fits through every path they may take."""
         pools = [p for p in ipam.pools() if p.selects(self.config.labels)]
         return max((size for p in pools for mode, size in OVERHEAD.items()
-                    if p.spec[mode] != "Never" and encapsulates(p, same_subnet=False)),
-                   default=0)
+                    if p.spec[mode] != "Never"), default=0)
 
     def _report(self, problems: list[str]) -> None:
         for problem in problems:

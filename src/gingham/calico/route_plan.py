@@ -1,33 +1,44 @@
 """Which routes a Calico-mode node wants from the datastore alone (no BGP), as felix
 programs them for VXLAN mode:
 
-- every block of another node: `<block> via <node IP>` on the uplink when the node shares
-  this node's subnet and the block's pool does not encapsulate there;
+- every block of another node, by the block's pool and where that node is:
+  - no encapsulation (or CrossSubnet, same subnet): `<block> via <node IP>` on the uplink;
+  - VXLAN (Always, or CrossSubnet across subnets): `<block> via <node's tunnel address>
+    dev vxlan.calico onlink`, with the neighbour entry (tunnel address -> its VTEP MAC) and
+    the FDB entry (VTEP MAC -> node IP) the kernel needs to send it;
 - every block of this node: `blackhole <block>`, so an address of it no pod holds is
   dropped here instead of following the default route;
-- every address borrowed from a block of another node: `<ip>/32 via <holder's IP>`, more
-  specific than the block's route (the holder itself has the pod's own /32).
+- every address borrowed from a block of another node: the same, as a /32 to its holder
+  (more specific than the block's route; the holder itself has the pod's own /32).
 
-An encapsulated pool (vxlanMode/ipipMode Always, or CrossSubnet across subnets) and a
-node across a router without encapsulation are reported, not programmed, in this part.
+IPIP is reported, not programmed, in this part, as is a node across a router without
+encapsulation (that takes BGP).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gingham.dataplane.routes import RouteIntent
 from gingham.dataplane.uplink import Uplink
+from gingham.dataplane.vxlan import FdbIntent, NeighIntent
 from gingham.ipam.block_ipam import Pool
 from gingham.ipam.blocks import Block
+from gingham.subnet.lease import NodeInfo
+
+VXLAN_DEVICE = "vxlan.calico"
+VXLAN_VNI = 4096
+VXLAN_PORT = 4789
 
 
 @dataclass
 class RoutePlan:
-    routes: set[RouteIntent]
-    problems: list[str]
+    routes: set[RouteIntent] = field(default_factory=set)
+    neighbours: set[NeighIntent] = field(default_factory=set)
+    fdb: set[FdbIntent] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
 
 
 def encapsulates(pool: Pool, same_subnet: bool) -> bool:
@@ -35,27 +46,40 @@ def encapsulates(pool: Pool, same_subnet: bool) -> bool:
     return "Always" in modes or ("CrossSubnet" in modes and not same_subnet)
 
 
-def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
-                nodes: Mapping[str, ipaddress.IPv4Address], pools: list[Pool],
-                uplink: Uplink) -> RoutePlan:
-    routes: set[RouteIntent] = set()
-    problems: list[str] = []
+def wants_vxlan(pools: list[Pool]) -> bool:
+    return any(p.spec["vxlanMode"] != "Never" and not p.spec["disabled"] for p in pools)
 
-    def via(node: str, dst: ipaddress.IPv4Network, pool: Pool) -> None:
-        address = nodes.get(node)
-        if address is None:
-            problems.append(f"{dst}: node {node} has no node record; not routed")
+
+def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
+                nodes: Mapping[str, NodeInfo], pools: list[Pool], uplink: Uplink,
+                vtep: int | None = None) -> RoutePlan:
+    """`vtep`: the index of this node's vxlan.calico, when it has one."""
+    plan = RoutePlan()
+
+    def via(name: str, dst: ipaddress.IPv4Network, pool: Pool) -> None:
+        node = nodes.get(name)
+        if node is None:
+            plan.problems.append(f"{dst}: node {name} has no node record; not routed")
             return
-        same_subnet = address in uplink.address.network
-        if encapsulates(pool, same_subnet):
-            problems.append(f"{dst}: pool {pool.name} encapsulates to node {node} "
-                            f"({address}); not programmed yet")
-        elif not same_subnet:
-            problems.append(f"{dst}: node {node} ({address}) is not on this node's subnet "
-                            f"{uplink.address.network} and pool {pool.name} does not encapsulate "
-                            "(needs BGP, or vxlanMode/ipipMode CrossSubnet)")
+        same_subnet = node.public_ip in uplink.address.network
+        if not encapsulates(pool, same_subnet):
+            if same_subnet:
+                plan.routes.add(RouteIntent(dst, node.public_ip, uplink.index))
+            else:
+                plan.problems.append(
+                    f"{dst}: node {name} ({node.public_ip}) is not on this node's subnet "
+                    f"{uplink.address.network} and pool {pool.name} does not encapsulate "
+                    "(needs BGP, or vxlanMode/ipipMode CrossSubnet)")
+        elif pool.spec["ipipMode"] != "Never":
+            plan.problems.append(f"{dst}: pool {pool.name} uses IPIP to node {name}, which "
+                                 "this part does not program yet")
+        elif vtep is None or not node.vxlan_address:
+            plan.problems.append(f"{dst}: no VXLAN tunnel to node {name} yet")
         else:
-            routes.add(RouteIntent(dst, address, uplink.index))
+            tunnel = ipaddress.IPv4Address(node.vxlan_address)
+            plan.routes.add(RouteIntent(dst, tunnel, vtep, onlink=True))
+            plan.neighbours.add(NeighIntent(tunnel, node.vxlan_mac))
+            plan.fdb.add(FdbIntent(node.vxlan_mac, node.public_ip))
 
     for cidr, block in blocks.items():
         pool = next((p for p in pools if cidr.subnet_of(p.cidr)), None)
@@ -63,11 +87,11 @@ def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
             continue  # a block outside every pool (`ipam check` says so)
         owner = block.node
         if owner == me:
-            routes.add(RouteIntent(cidr, None, 0, blackhole=True))
+            plan.routes.add(RouteIntent(cidr, None, 0, blackhole=True))
         elif owner is not None:
             via(owner, cidr, pool)
         for address, attrs in block.holders():
             holder = attrs.get("node")
             if holder and holder != owner and holder != me:
                 via(holder, ipaddress.IPv4Network(f"{address}/32"), pool)
-    return RoutePlan(routes, problems)
+    return plan

@@ -95,17 +95,26 @@ class NodeInfo:
     name: str
     public_ip: ipaddress.IPv4Address
     labels: dict[str, str] = field(default_factory=dict)
+    # Calico mode's VXLAN tunnel endpoint, as calico-node publishes it in its Node resource
+    # (ipv4VXLANTunnelAddr, vxlanTunnelMACAddr); empty when the node has none.
+    vxlan_address: str = ""
+    vxlan_mac: str = ""
 
     def encode(self) -> bytes:
-        return json.dumps({"name": self.name, "publicIP": str(self.public_ip),
-                           "labels": self.labels}, sort_keys=True).encode()
+        data: dict = {"name": self.name, "publicIP": str(self.public_ip), "labels": self.labels}
+        if self.vxlan_address:
+            data |= {"ipv4VXLANTunnelAddr": self.vxlan_address,
+                     "vxlanTunnelMACAddr": self.vxlan_mac}
+        return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> NodeInfo:
         try:
             data = json.loads(raw)
             return cls(str(data["name"]), ipaddress.IPv4Address(data["publicIP"]),
-                       {str(k): str(v) for k, v in (data.get("labels") or {}).items()})
+                       {str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+                       str(data.get("ipv4VXLANTunnelAddr", "")),
+                       str(data.get("vxlanTunnelMACAddr", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise LeaseDataError(f"node value does not parse: {err}") from None
 

@@ -110,8 +110,14 @@ class SubnetRegistry:
         kv = self.store.get(key)
         with contextlib.suppress(LeaseDataError):
             if kv is not None:
-                node = replace(node, labels={**NodeInfo.decode(kv.value).labels, **node.labels})
+                stored = NodeInfo.decode(kv.value)
+                node = replace(node, labels={**stored.labels, **node.labels},
+                               vxlan_address=stored.vxlan_address, vxlan_mac=stored.vxlan_mac)
         self.store.put(key, node.encode(), store_lease)
+
+    def publish_vxlan(self, name: str, address: str, mac: str) -> None:
+        """Set (or with "" clear) the node's VXLAN tunnel endpoint in its record."""
+        self._edit_node(name, lambda node: replace(node, vxlan_address=address, vxlan_mac=mac))
 
     def nodes(self) -> tuple[list[NodeInfo], list[str]]:
         kvs, _ = self.store.range(nodes_prefix(self.prefix))
@@ -125,13 +131,15 @@ class SubnetRegistry:
 
     def label_node(self, name: str, edit) -> NodeInfo:
         """Change a node record's labels under compare-and-swap (its lease kept)."""
+        return self._edit_node(name, lambda node: replace(node, labels=edit(node.labels)))
+
+    def _edit_node(self, name: str, edit) -> NodeInfo:
         key = nodes_prefix(self.prefix) + name
         for _ in range(100):
             kv = self.store.get(key)
             if kv is None:
                 raise LookupError(f"node {name} does not exist")
-            node = NodeInfo.decode(kv.value)
-            node = replace(node, labels=edit(node.labels))
+            node = edit(NodeInfo.decode(kv.value))
             if self.store.compare_and_swap(key, node.encode(), kv.mod_revision, kv.lease):
                 return node
         raise RuntimeError(f"node {name} kept changing")
