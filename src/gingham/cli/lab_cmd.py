@@ -216,10 +216,11 @@ def status(lab: str, as_json: bool) -> None:
     plan = cluster.plan_of(record)
     nodes = cluster.node_reports(files, record)
     if as_json:
+        # A Flannel lab's status keeps its keys; a Calico lab's says how it routes.
+        mode = {"mode": plan.mode, "encap": plan.encap, "crossSubnet": plan.cross_subnet} \
+            if plan.mode == "calico" else {}
         click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
-                               "datastore": plan.datastore, "backend": plan.backend,
-                               "mode": plan.mode, "encap": plan.encap,
-                               "crossSubnet": plan.cross_subnet,
+                               "datastore": plan.datastore, "backend": plan.backend, **mode,
                                "ipMasq": plan.ip_masq,
                                "nodes": nodes, "external": str(plan.external.address.ip)},
                               indent=2))
