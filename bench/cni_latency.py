@@ -1,4 +1,5 @@
-"""CNI ADD/DEL latency: Gingham's plugin against the reference Go `bridge` + `host-local`.
+"""CNI ADD/DEL latency: Gingham's plugin against the reference Go `bridge` + `host-local`
+(Flannel mode), or the routed `ptp` + `host-local` (--mode calico).
 
 One lab node, one run. Each plugin is exec'd as a runtime execs it: CNI_* in the environment,
 the network config on stdin, the process in the node's network namespace. Pod namespaces are
@@ -6,7 +7,7 @@ made before the clock starts; only the plugin exec (spawn to exit) is timed. Gin
 reference alternate pod by pod, and which one goes first alternates too, so background load
 on the box falls on both alike.
 
-    .venv/bin/python bench/cni_latency.py [--pods 100]
+    .venv/bin/python bench/cni_latency.py [--pods 100] [--mode flannel|calico]
 
 Exits 0 when Gingham's median ADD and median DEL are each at most TARGET_RATIO times the
 reference's, 2 when either is not, 1 when the run itself failed.
@@ -15,6 +16,7 @@ reference's, 2 when either is not, 1 when the run itself failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,21 +59,23 @@ class Plugin:
 def gingham_plugin(files: LabFiles) -> Plugin:
     conflist = json.loads((files.conf_dir(NODE) / CONFLIST_NAME).read_text())
     main = next(p for p in conflist["plugins"] if p["type"] == "gingham")
-    config = {
-        "cniVersion": "1.0.0",
-        "name": conflist["name"],
-        "type": "gingham",
-        "bridge": main.get("bridge", "cni0"),
-        "mtu": main.get("mtu", 1500),
-        "hairpinMode": main.get("hairpinMode", True),
-        "agentSocket": main["agentSocket"],
-        "ipam": {"type": "gingham-ipam"},
-    }
+    config = {"cniVersion": "1.0.0", "name": conflist["name"], **main}  # the node's own
     return Plugin("gingham", files.bin_dir / "gingham", json.dumps(config).encode(),
                   f"{files.bin_dir}:{REFERENCE_DIR}")
 
 
-def reference_plugin(files: LabFiles) -> Plugin:
+def host_local(files: LabFiles) -> dict:
+    """host-local keeps its state inside the lab's directory, which `down` removes."""
+    return {"type": "host-local", "ranges": [[{"subnet": REF_SUBNET}]],
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(files.dir / "bench-host-local")}
+
+
+def reference_plugin(files: LabFiles, mode: str) -> Plugin:
+    if mode == "calico":  # a routed veth per pod, no bridge: what Calico's CNI plugin makes
+        config = {"cniVersion": "1.0.0", "name": "benchref", "type": "ptp", "ipMasq": False,
+                  "mtu": 1500, "ipam": host_local(files)}
+        return Plugin("reference", REFERENCE_DIR / "ptp", json.dumps(config).encode(),
+                      str(REFERENCE_DIR))
     # The same shape of pod as Gingham's: gateway on the bridge, default route, hairpin.
     # host-local keeps its state inside the lab's directory, which `down` removes.
     config = {
@@ -83,12 +87,7 @@ def reference_plugin(files: LabFiles) -> Plugin:
         "ipMasq": False,
         "hairpinMode": True,
         "mtu": 1500,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{"subnet": REF_SUBNET}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "dataDir": str(files.dir / "bench-host-local"),
-        },
+        "ipam": host_local(files),
     }
     return Plugin("reference", REFERENCE_DIR / "bridge", json.dumps(config).encode(),
                   str(REFERENCE_DIR))
@@ -101,7 +100,8 @@ def exec_plugin(plugin: Plugin, command: str, container_id: str, pod_ns: str) ->
         "CNI_CONTAINERID": container_id,
         "CNI_NETNS": procs.netns_path(pod_ns),
         "CNI_IFNAME": IFNAME,
-        "CNI_ARGS": "IgnoreUnknown=1",
+        # as kubelet passes them (Calico mode names the host end after them)
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod_ns}",
         "CNI_PATH": plugin.cni_path,
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
     }
@@ -182,12 +182,14 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=100, help="pods per plugin (default 100)")
     parser.add_argument("--lab", default="bench" + secrets.token_hex(2),
                         help="lab name (default: bench + 4 random hex digits)")
+    parser.add_argument("--mode", choices=("flannel", "calico"), default="flannel",
+                        help="the cluster mode, and so the reference: bridge or ptp")
     args = parser.parse_args()
     if args.pods < 1:
         parser.error("--pods must be at least 1")
     if os.geteuid() != 0:
         parser.error("needs root: it builds network namespaces")
-    for binary in ("bridge", "host-local"):
+    for binary in ("ptp" if args.mode == "calico" else "bridge", "host-local"):
         if not (REFERENCE_DIR / binary).exists():
             parser.error(f"reference plugin {REFERENCE_DIR / binary} is missing "
                          "(apt-get install containernetworking-plugins)")
@@ -195,8 +197,9 @@ def main() -> int:
     started = time.monotonic()
     print(f"lab {args.lab}: starting", file=sys.stderr)
     try:
-        with bench_lab(LabPlan.single_segment(args.lab, 1)) as (files, _):
-            plugins = [gingham_plugin(files), reference_plugin(files)]
+        plan = dataclasses.replace(LabPlan.single_segment(args.lab, 1), mode=args.mode)
+        with bench_lab(plan) as (files, _):
+            plugins = [gingham_plugin(files), reference_plugin(files, args.mode)]
             run_batch(args.lab, plugins, 0, WARMUP, timed=False)
             done = 0
             while done < args.pods:

@@ -21,6 +21,7 @@ from gingham.calico.route_plan import (
     VXLAN_DEVICE,
     VXLAN_PORT,
     VXLAN_VNI,
+    RoutePlan,
     plan_routes,
     wants_vxlan,
 )
@@ -53,6 +54,15 @@ class BlockRoutes(WholePictureManager):
         self.ipam = ipam
         self.registry = SubnetRegistry(ipam.store, ipam.prefix)
         self.labels = labels
+        self._applied: tuple[RoutePlan, int | None] | None = None
+        self._vtep: int | None = None
+        self._vtep_wanted: bool | None = None
+        self._blocked: list[ipaddress.IPv4Network] = []
+        self._resync = True
+
+    def resync(self) -> None:
+        super().resync()
+        self._resync = True
 
     @property
     def tunnel_handle(self) -> str:
@@ -64,18 +74,31 @@ class BlockRoutes(WholePictureManager):
         blocks = {b.cidr: b for b in self.of(BLOCKS, Block)}
         nodes = {n.name: n for n in self.of(NODES, NodeInfo)}
         pools = sorted(self.of(POOLS, Pool), key=lambda p: p.name)
-        vtep = self._tunnel(blocks, nodes.get(self.node)) if wants_vxlan(pools) \
-            else self._no_tunnel(blocks, nodes.get(self.node))
+        # The device is looked at only when what it should be changed, or at a resync: a
+        # pod's ADD changes a block, and must not cost a netlink handle and a link dump.
+        want = wants_vxlan(pools)
+        if want != self._vtep_wanted or self._resync:
+            self._vtep = self._tunnel(blocks, nodes.get(self.node)) if want \
+                else self._no_tunnel(blocks, nodes.get(self.node))
+            self._vtep_wanted = want
+        elif want:
+            self._publish(blocks, nodes.get(self.node))
+        vtep = self._vtep
         plan = plan_routes(self.node, blocks, nodes, pools, self.uplink, vtep)
-        with rtmsg.rtnl() as rtnl:
-            diff = apply_routes(rtnl, plan.routes, CALICO_PROTO)
-            if vtep is not None:
-                apply_neighbours(rtnl, vtep, plan.neighbours)
-                apply_fdb(rtnl, vtep, plan.fdb)
+        # A pod added to a block changes the block, seldom the plan: the kernel is read
+        # back only when the plan changed, and on the loop's periodic resync.
+        if (plan, vtep) != self._applied or self._resync:
+            with rtmsg.rtnl() as rtnl:
+                diff = apply_routes(rtnl, plan.routes, CALICO_PROTO)
+                if vtep is not None:
+                    apply_neighbours(rtnl, vtep, plan.neighbours)
+                    apply_fdb(rtnl, vtep, plan.fdb)
+            self._blocked = diff.blocked
+            self._applied, self._resync = (plan, vtep), False
         problems += plan.problems
         problems += [f"{dst}: a route of another owner holds it; not replaced"
-                     for dst in diff.blocked]
-        self.status.update(routes=len(plan.routes) - len(diff.blocked),
+                     for dst in self._blocked]
+        self.status.update(routes=len(plan.routes) - len(self._blocked),
                            peers=len(set(nodes) - {self.node}),
                            subnet=", ".join(str(c) for c, b in sorted(blocks.items())
                                             if b.node == self.node) or "-")
@@ -90,18 +113,34 @@ class BlockRoutes(WholePictureManager):
     def _tunnel(self, blocks: Mapping[ipaddress.IPv4Network, Block],
                 me: NodeInfo | None) -> int:
         """vxlan.calico as it should be, its address taken and published; its index."""
-        address = self._held_tunnel(blocks) or self.ipam.assign(self.node, self.labels(), {
-            "handle": self.tunnel_handle, "namespace": "", "pod": "", "node": self.node}
-        ).address
-        mac = stable_mac(f"calico-vxlan/{self.node}")
+        address = self._tunnel_address(blocks)
         spec = VtepSpec(VXLAN_DEVICE, VXLAN_VNI, VXLAN_PORT, self.uplink.address.ip,
-                        self.uplink.index, mac, self.uplink.mtu - VXLAN_OVERHEAD, address)
+                        self.uplink.index, self.vtep_mac, self.uplink.mtu - VXLAN_OVERHEAD,
+                        address)
         with netns.iproute() as ipr:
             index = ensure_vtep(ipr, spec)
-        if me is None or (me.vxlan_address, me.vxlan_mac) != (str(address), mac):
-            self.registry.publish_vxlan(self.node, str(address), mac)
-            log.info("VXLAN tunnel endpoint %s (%s) on %s", address, mac, VXLAN_DEVICE)
+        self._publish(blocks, me)
         return index
+
+    @property
+    def vtep_mac(self) -> str:
+        return stable_mac(f"calico-vxlan/{self.node}")
+
+    def _tunnel_address(self, blocks: Mapping[ipaddress.IPv4Network, Block]
+                        ) -> ipaddress.IPv4Address:
+        return self._held_tunnel(blocks) or self.ipam.assign(self.node, self.labels(), {
+            "handle": self.tunnel_handle, "namespace": "", "pod": "", "node": self.node}
+        ).address
+
+    def _publish(self, blocks: Mapping[ipaddress.IPv4Network, Block],
+                 me: NodeInfo | None) -> None:
+        """The node record names this node's tunnel endpoint (again, if something removed
+        it, e.g. a restarted agent's first node record)."""
+        address = str(self._tunnel_address(blocks))
+        if me is None or (me.vxlan_address, me.vxlan_mac) != (address, self.vtep_mac):
+            self.registry.publish_vxlan(self.node, address, self.vtep_mac)
+            log.info("VXLAN tunnel endpoint %s (%s) on %s", address, self.vtep_mac,
+                     VXLAN_DEVICE)
 
     def _no_tunnel(self, blocks: Mapping[ipaddress.IPv4Network, Block],
                    me: NodeInfo | None) -> None:

@@ -10,6 +10,11 @@ watcher binds before its first read, so a commit it has not read rings it. Pathn
 sockets are filesystem objects: they reach watchers in other network namespaces of the
 host, as the file does.
 
+A doorbell's name carries the prefix its watch reads (hex, after the last '-'), so a
+writer rings only the watches whose prefix one of its keys falls under: a pod's address
+written to a block does not wake every agent's pool and node watches. A name without one
+(a prefix too long for a file name) is rung for every commit.
+
 A socket file whose socket is gone (its watcher was killed) refuses the ring; the writer
 removes it once it is older than STALE_AFTER, since a socket being bound refuses for an
 instant too. Socket addresses hold at most 107 bytes, so sockets are addressed through a
@@ -30,6 +35,7 @@ from pathlib import Path
 
 STALE_AFTER = 10.0  # s: a refusing socket file younger than this may be mid-bind
 RING = b"\x01"
+MAX_PREFIX_HEX = 200  # a file name holds 255 bytes: pid, token and this much of a prefix
 
 
 def doorbell_dir(db: Path) -> Path:
@@ -49,13 +55,28 @@ def _address(fd: int, name: str) -> str:
     return f"/proc/self/fd/{fd}/{name}"
 
 
-def ring_all(directory: Path) -> None:
-    """Ring every doorbell in `directory` once (after a commit; returns at once). Never
-    raises: the commit is done, and a watcher nobody rang re-reads soon anyway."""
+def _watched_prefix(name: str) -> str | None:
+    """The prefix a doorbell's watch reads, None if its name does not say."""
+    parts = name.split("-")
+    if len(parts) < 3:
+        return None
+    try:
+        return bytes.fromhex(parts[-1]).decode()
+    except ValueError:
+        return None
+
+
+def ring(directory: Path, keys: list[str]) -> None:
+    """Ring, once, every doorbell in `directory` whose watch reads one of `keys` (after a
+    commit that changed them; returns at once). Never raises: the commit is done, and a
+    watcher nobody rang re-reads soon anyway."""
     try:
         with _opened(directory) as fd, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
             out.setblocking(False)
             for name in os.listdir(fd):
+                prefix = _watched_prefix(name)
+                if prefix is not None and not any(k.startswith(prefix) for k in keys):
+                    continue
                 try:
                     out.sendto(RING, _address(fd, name))
                 except ConnectionRefusedError:
@@ -76,9 +97,12 @@ class Doorbell:
     """One watch's doorbell: `wait` sleeps until a writer rings it, `stop` ends the waiting
     from any thread, `close` removes it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, prefix: str = "") -> None:
         directory.mkdir(exist_ok=True)
-        self.path = directory / f"{os.getpid()}-{secrets.token_hex(4)}"
+        watched = prefix.encode().hex()
+        self.path = directory / (f"{os.getpid()}-{secrets.token_hex(4)}"
+                                 + (f"-{watched}" if 0 < len(watched) <= MAX_PREFIX_HEX
+                                    else ""))
         self._lock = threading.Lock()  # stop() on other threads vs close()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:

@@ -27,7 +27,7 @@ from gingham.store.contract import (
     StoreStalled,
     StoreUnavailable,
 )
-from gingham.store.doorbell import Doorbell, doorbell_dir, ring_all
+from gingham.store.doorbell import Doorbell, doorbell_dir, ring
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL,
@@ -85,6 +85,7 @@ class EmbeddedStore:
             self.db = store._db()
 
         def __enter__(self) -> sqlite3.Connection:
+            self.store._local.touched = []  # the keys this transaction changes (_bump)
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.changes = self.db.total_changes
@@ -103,7 +104,7 @@ class EmbeddedStore:
                 return
             self.db.execute("COMMIT")
             if self.db.total_changes != self.changes:  # not a probe, nor a CAS that lost
-                ring_all(self.store._doorbells)
+                ring(self.store._doorbells, self.store._local.touched)
 
     def _write(self) -> _Txn:
         return self._Txn(self)
@@ -112,6 +113,7 @@ class EmbeddedStore:
         (rev,) = db.execute("SELECT value + 1 FROM meta WHERE name='revision'").fetchone()
         db.execute("UPDATE meta SET value=? WHERE name='revision'", (rev,))
         db.execute("INSERT INTO log VALUES (?, ?, ?, ?)", (rev, kind, key, value))
+        self._local.touched.append(key)
         if rev % min(1000, self.log_keep) == 0:
             db.execute("DELETE FROM log WHERE rev <= ?", (rev - self.log_keep,))
             db.execute("UPDATE meta SET value=max(value, ?) WHERE name='compacted'",
@@ -298,7 +300,7 @@ class SqliteWatch:
     def __iter__(self) -> Iterator[Event]:
         try:
             # Bound before the first read: a commit that read does not show rings it.
-            doorbell = self._doorbell = Doorbell(self.store._doorbells)
+            doorbell = self._doorbell = Doorbell(self.store._doorbells, self.prefix)
         except OSError as err:
             raise StoreUnavailable(f"embedded store {self.store.path}: no doorbell for a "
                                    f"watch: {err}") from err

@@ -1,13 +1,14 @@
 """The CNI service's side of the workload objects: a pod is recorded on ADD and removed on
-DEL. A call never waits for a datastore that does not answer (Flannel mode serves pods
-while it is down): what could not be written is kept, in order, and written by a thread
-of its own as soon as the datastore answers again. Nothing is lost, and the latest word
-on a pod wins."""
+DEL. A call never waits for it: the datastore write is the recorder thread's, after the
+answer (an ADD is a runtime's critical path, and Flannel mode serves pods while the
+datastore is down). What could not be written is kept, in order, and written as soon as
+the datastore answers again; nothing is lost, and the latest word on a pod wins."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -40,17 +41,9 @@ class WorkloadRecorder:
 
     def _write(self, pod: tuple[str, str], write: Callable[[], None]) -> None:
         with self._lock:
-            if pod in self._pending:  # an older word waits: this one replaces it, in order
-                self._pending.pop(pod)
-                self._pending[pod] = write
-                return
-        try:
-            write()
-        except (StoreError, RuntimeError) as err:
-            log.warning("pod %s/%s not recorded yet (%s); retrying", *pod, err)
-            with self._lock:
-                self._pending[pod] = write
-            self._wake.set()
+            self._pending.pop(pod, None)  # an older word that still waits: this one wins
+            self._pending[pod] = write
+        self._wake.set()
 
     def _retry_loop(self) -> None:
         while not self._stopping.is_set():
@@ -63,14 +56,26 @@ class WorkloadRecorder:
                     pod, write = next(iter(self._pending.items()))
                 try:
                     write()
-                except (StoreError, RuntimeError):
+                except (StoreError, RuntimeError) as err:
+                    log.warning("pod %s/%s not recorded yet (%s); retrying", *pod, err)
                     self._stopping.wait(RETRY)
                     continue
                 with self._lock:
                     if self._pending.get(pod) is write:
                         del self._pending[pod]
 
+    def flush(self, timeout: float) -> bool:
+        """Wait until nothing is pending (or `timeout`); whether all was written."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return True
+            time.sleep(0.01)
+        return False
+
     def close(self) -> None:
+        self.flush(2.0)  # a stopping agent writes what it can first
         self._stopping.set()
         self._wake.set()
         self._thread.join(5)
