@@ -115,15 +115,20 @@ def test_check_finds_what_a_crash_or_a_vanished_node_leaves(ipam):
     ipam.assign("gone", {}, attrs("b", pod="db"))
     # a crash between the handle's write and the block's: a handle without an address
     ipam._count_in_handle(handle_of("lost"), N("10.244.0.0/26"), +1)
-    problems = ipam.check({"node1"}, {("default", "web")})
+    # a crash between the handle's write and the block's: a handle without an address
+    ipam.assign("node1", {}, attrs("old", pod="web"))  # web's earlier container's, leaked
+    problems = ipam.check({"node1"}, {("default", "web"): "a"})
     assert problems == [
+        "address 10.244.0.1 is held by k8s-pod-network.old for pod default/web, which runs "
+        "as container a now",
         "block 10.244.0.64/26 is affine to node gone, which does not exist",
         "address 10.244.0.64 is held for pod default/db, which no longer exists",
         "handle k8s-pod-network.lost holds no address",
     ]
     assert ipam.release(handle_of("lost")) == []  # clears the record
     assert ipam.release_address(A("10.244.0.64")) == handle_of("b")
-    assert ipam.check({"node1"}, {("default", "web")}) == []
+    assert ipam.release(handle_of("old")) == [A("10.244.0.1")]
+    assert ipam.check({"node1"}, {("default", "web"): "a"}) == []
 
 
 def test_racing_nodes_never_get_one_address_twice(ipam):

@@ -55,13 +55,17 @@ def show(ctx: click.Context, show_blocks: bool, **values) -> None:
 @datastore_options
 @click.pass_context
 def check(ctx: click.Context, **values) -> None:
-    """Report blocks of vanished nodes or outside every pool, addresses of vanished pods,
-    and handles without addresses; exits 1 if there is any."""
+    """Report blocks of vanished nodes or outside every pool, addresses of vanished pods
+    (or of a pod's earlier container), and handles without addresses; exits 1 if there is
+    any."""
     from gingham.subnet.registry import SubnetRegistry
+    from gingham.workloads.store import WorkloadStore
 
     store = _open(ctx, values)
     nodes, _ = SubnetRegistry(store.store, store.prefix).nodes()
-    problems = store.check({n.name for n in nodes}, None)
+    pods, _ = WorkloadStore(store.store, store.prefix).pods()
+    problems = store.check({n.name for n in nodes},
+                           {(p.namespace, p.name): p.container_id for p in pods})
     for problem in problems:
         click.echo(problem)
     click.echo(f"Found {len(problems)} problem(s).")

@@ -29,6 +29,7 @@ from gingham.ipam.blocks import (
     block_key_part,
     cidr_of_key_part,
     free_blocks,
+    handle_of,
 )
 from gingham.model import selector
 from gingham.resources.document import Resource
@@ -259,10 +260,12 @@ class BlockIpam:
 
     # -- looking ------------------------------------------------------------------------
 
-    def check(self, nodes: set[str], pods: set[tuple[str, str]] | None) -> list[str]:
+    def check(self, nodes: set[str],
+              pods: Mapping[tuple[str, str], str] | None) -> list[str]:
         """Every inconsistency, one line each: blocks of nodes that do not exist or outside
-        every pool, addresses whose pod is gone (when `pods` is known) or whose handle has
-        no record, handles without addresses."""
+        every pool, addresses whose pod is gone or runs as another container now (when
+        `pods`, (namespace, name) -> container ID, is known), addresses whose handle has no
+        record, handles without addresses."""
         problems: list[str] = []
         blocks, unreadable = self.blocks()
         problems += unreadable
@@ -279,9 +282,15 @@ class BlockIpam:
                 counts = held.setdefault(attrs.get("handle", ""), {})
                 counts[block_key_part(cidr)] = counts.get(block_key_part(cidr), 0) + 1
                 pod = (attrs.get("namespace", ""), attrs.get("pod", ""))
-                if pods is not None and pod[1] and pod not in pods:
+                if pods is None or not pod[1]:
+                    continue
+                if pod not in pods:
                     problems.append(f"address {address} is held for pod {pod[0]}/{pod[1]}, "
                                     "which no longer exists")
+                elif pods[pod] and attrs.get("handle") != handle_of(pods[pod]):
+                    problems.append(f"address {address} is held by {attrs.get('handle')} for "
+                                    f"pod {pod[0]}/{pod[1]}, which runs as container "
+                                    f"{pods[pod][:12]} now")
         kvs, _ = self.store.range(self.handles_prefix)
         recorded = {}
         for kv in kvs:

@@ -27,7 +27,7 @@ from gingham.lab.plan import (
     parse_pod_ref,
     pod_netns_name,
 )
-from gingham.lab.runtime import Attachment, CniRuntime
+from gingham.lab.runtime import Attachment, CniRuntime, PluginFailed
 from gingham.lab.state import LabFiles, LabRecord, PodRecord
 from gingham.lab.topology import RouterPlan, SegmentPlan
 from gingham.workloads.records import NamedPort, Pod
@@ -35,6 +35,8 @@ from gingham.workloads.store import WorkloadStore
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 AGENT_READY_TIMEOUT = 20.0
+UNDO_PATIENCE = 30.0  # s: a failed ADD's DEL is retried this long while the node's agent is away
+TRY_AGAIN_LATER = 11  # the CNI error code of a plugin whose agent does not answer
 # Agents started together share the CPUs, so `up` waits longer the more it starts: on 2
 # cores 100 agents served after ~70 s and had seen each other ~20 s later.
 START_SECONDS_PER_AGENT = 1.0
@@ -538,10 +540,21 @@ def _undo_add(files: LabFiles, runtime: CniRuntime, pod: PodRecord, att: Attachm
               made_netns: bool) -> Exception | None:
     error: Exception | None = None
     if made_netns:  # else no plugin ran, and the namespace of that name is not ours to touch
-        try:
-            runtime.delete(att)
-        except Exception as err:
-            error = err
+        # As kubelet tears a failed sandbox down: DEL again while the node says "try again
+        # later" (its agent restarting), or what the ADD took (an address) would leak.
+        deadline = time.monotonic() + UNDO_PATIENCE
+        while True:
+            try:
+                runtime.delete(att)
+                break
+            except PluginFailed as err:
+                if err.code != TRY_AGAIN_LATER or time.monotonic() > deadline:
+                    error = err
+                    break
+                time.sleep(0.2)
+            except Exception as err:
+                error = err
+                break
         subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True)
     _unrecord(files, pod)
     return error
