@@ -10,8 +10,8 @@ import pytest
 
 from gingham.ipam.block_ipam import BlockIpam, IpamExhausted
 from gingham.ipam.blocks import Block, BlockDataError, free_blocks, handle_of
-from gingham.resources.document import split_documents
-from gingham.resources.kinds import parse_resource
+from gingham.resources.document import ResourceError, split_documents
+from gingham.resources.kinds import KINDS, parse_resource
 from gingham.resources.store import APPLY
 from gingham.store.sqlite import EmbeddedStore
 
@@ -149,3 +149,17 @@ def test_racing_nodes_never_get_one_address_twice(ipam):
         t.join()
     assert len(got) == 160 and len(set(got)) == 160
     assert ipam.check({f"node{n}" for n in range(4)}, None) == []
+
+
+def test_a_pool_cannot_shrink_or_go_from_under_addresses_in_use(ipam):
+    add_pool(ipam, "pool", "10.244.0.0/16")
+    held = ipam.assign("node1", {}, attrs("a")).address  # 10.244.0.0
+    with pytest.raises(ResourceError, match=r"shrinking it to 10\.244\.128\.0/17 would strand "
+                                            r"1 allocated address\(es\) \(10\.244\.0\.0\)"):
+        add_pool(ipam, "pool", "10.244.128.0/17")
+    add_pool(ipam, "pool", "10.244.0.0/17")  # still holds it: fine
+    with pytest.raises(ResourceError, match="deleting it would strand"):
+        ipam.resources.delete([ipam.resources.get(KINDS["IPPool"], "pool").resource])
+    ipam.release(handle_of("a"))
+    assert held not in {a for s in ipam.blocks()[0].values() for a, _ in s.block.holders()}
+    ipam.resources.delete([ipam.resources.get(KINDS["IPPool"], "pool").resource])

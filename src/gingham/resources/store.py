@@ -9,10 +9,12 @@ anything written, each write a compare-and-swap against the revision that was ch
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from gingham.ipam.blocks import Block, BlockDataError
 from gingham.resources.document import RawDocument, Resource, ResourceError, to_document
 from gingham.resources.kinds import KINDS, ResourceKind
 from gingham.store.contract import Store
@@ -72,13 +74,16 @@ class ResourceStore:
                                     "after it was written, run the command again")
 
     def delete(self, resources: list[Resource]) -> None:
-        """Delete every resource, or none if any does not exist."""
+        """Delete every resource, or none if any does not exist (or is a pool addresses are
+        in use from)."""
         current = []
         for resource in resources:
             kind = KINDS[resource.kind]
             stored = self.get(kind, resource.name, resource.namespace)
             if stored is None:
                 raise ResourceError(f"{resource.named}: does not exist; nothing was deleted")
+            if kind.kind == "IPPool":
+                self._stranded(replace(stored.resource, where=resource.where), None)
             current.append((kind, resource, stored.revision))
         for kind, resource, revision in current:
             if not self.store.compare_and_delete(
@@ -103,12 +108,39 @@ class ResourceStore:
         self._check_pools([r for r in resources if r.kind == "IPPool"])
         return plan
 
+    def _allocated(self) -> list[ipaddress.IPv4Address]:
+        """Every address block IPAM has handed out."""
+        kvs, _ = self.store.range(f"{self.prefix}/ipam/blocks/")
+        found = []
+        for kv in kvs:
+            with contextlib.suppress(BlockDataError):
+                found += [address for address, _ in Block.decode(kv.value).holders()]
+        return found
+
+    def _stranded(self, old: Resource, new_cidr: ipaddress.IPv4Network | None) -> None:
+        """Refuse to shrink (or, new_cidr None, delete) a pool under addresses in use."""
+        cidr = ipaddress.IPv4Network(old.spec["cidr"])
+        lost = [a for a in self._allocated() if a in cidr and (new_cidr is None or
+                                                              a not in new_cidr)]
+        if lost:
+            what = "deleting it" if new_cidr is None else f"shrinking it to {new_cidr}"
+            raise ResourceError(f"{old.named}: {what} would strand {len(lost)} allocated "
+                                f"address(es) ({', '.join(map(str, sorted(lost)[:3]))}"
+                                f"{', ...' if len(lost) > 3 else ''}); nothing was written")
+
     def _check_pools(self, pools: list[Resource]) -> None:
-        """No two pools overlap, counting the stored ones these do not replace."""
+        """No two pools overlap, counting the stored ones these do not replace; none shrinks
+        away from addresses in use."""
         if not pools:
             return
         stored, _ = self.list(KINDS["IPPool"])
         names = {p.name for p in pools}
+        before = {s.resource.name: s.resource for s in stored}
+        for pool in pools:
+            old = before.get(pool.name)
+            if old is not None and old.spec["cidr"] != pool.spec["cidr"]:
+                self._stranded(replace(old, where=pool.where),
+                               ipaddress.IPv4Network(pool.spec["cidr"]))
         every = pools + [s.resource for s in stored if s.resource.name not in names]
         for i, pool in enumerate(every):
             cidr = ipaddress.IPv4Network(pool.spec["cidr"])
