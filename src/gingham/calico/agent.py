@@ -54,7 +54,8 @@ class CalicoAgent:
     def run(self) -> None:
         uplink = detect_uplink(self.config)
         public_ip = self.config.public_ip or uplink.address.ip
-        store = self._join(NodeInfo(self.config.node_name, public_ip, self.config.labels))
+        store = self._join(NodeInfo(self.config.node_name, public_ip, self.config.labels,
+                                    ipv4_address=str(uplink.address)))
         prefix = self.config.prefix
         ipam = BlockIpam(store, prefix)
         mtu = self.config.mtu or uplink.mtu - self._overhead(ipam)

@@ -63,8 +63,14 @@ def get() -> None:
 @click.option("-o", "--output", type=OUTPUTS, default="table")
 @click.pass_context
 def get_nodes(ctx: click.Context, output: str, **values) -> None:
-    """Registered nodes with their address, subnet and labels."""
+    """Registered nodes: with their address, subnet and labels (Flannel mode); as Calico's
+    Node resources, the ASN and address in -o wide (Calico mode)."""
     registry = open_registry(ctx, values)
+    if cluster_mode(registry.store, registry.prefix) == "calico":
+        from gingham.cli.resource_cmd import show_calico_nodes
+
+        show_calico_nodes(registry.store, registry.prefix, output)
+        return
     nodes, problems = registry.nodes()
     subnets = {lease.attrs.node_name: lease for lease in registry.leases().leases}
     rows = [{"name": n.name, "publicIP": str(n.public_ip),
@@ -90,6 +96,13 @@ def get_subnets(ctx: click.Context, output: str, **values) -> None:
             for lease in listing.leases]
     emit(rows, output, ["subnet", "node", "publicIP"], ["backend", "backendData", "revision"])
     _warn(listing.problems)
+
+
+def cluster_mode(store, prefix: str) -> str:
+    from gingham.calico.kinds import cluster_key, decode_mode
+
+    kv = store.get(cluster_key(prefix))
+    return decode_mode(kv.value if kv else None)
 
 
 def _warn(problems: list[str]) -> None:

@@ -19,6 +19,7 @@ from gingham.resources.kinds import KINDS, ResourceKind, kind_named
 FILE = click.option("-f", "--filename", "path", required=True,
                     type=click.Path(dir_okay=False, allow_dash=True),
                     help="YAML or JSON resources, several documents or a List; - for stdin.")
+DEFAULT_ASN = 64512  # Calico's, when BGPConfiguration default sets none
 PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete": "deleted"}
 
 
@@ -109,9 +110,10 @@ def _table_rows(kind: ResourceKind, resources: list[Resource], wide: bool) -> li
     return [head, *rows]
 
 
-def _show(kind: ResourceKind, resources: list[Resource], output: str, single: bool) -> None:
+def _show(kind: ResourceKind, resources: list[Resource], output: str, single: bool,
+          rows: list[tuple] | None = None) -> None:
     if output in ("table", "wide"):
-        click.echo(format_table(_table_rows(kind, resources, output == "wide")))
+        click.echo(format_table(rows or _table_rows(kind, resources, output == "wide")))
         return
     docs = [to_document(r, kind.api_version) for r in resources]
     shown: dict[str, Any] = docs[0] if single else {
@@ -149,4 +151,26 @@ def _getter(kind: ResourceKind):
 
 
 for _kind in KINDS.values():
-    _getter(_kind)
+    if _kind.stored_as_document:  # nodes: `get nodes` shows either mode's (cluster_cmd)
+        _getter(_kind)
+
+
+def show_calico_nodes(store, prefix: str, output: str) -> None:
+    """`get nodes` of a Calico-mode cluster, as calicoctl's: NAME; -o wide adds the ASN (in
+    parentheses when it is the cluster's, not the node's own) and the address."""
+    from gingham.resources.store import ResourceStore
+
+    resources = ResourceStore(store, prefix)
+    listed, problems = resources.list(KINDS["Node"])
+    nodes = [s.resource for s in listed]
+    config = resources.get(KINDS["BGPConfiguration"], "default")
+    default_asn = (config.resource.spec.get("asNumber") if config else None) or DEFAULT_ASN
+    if output == "wide":
+        rows = [("NAME", "ASN", "IPV4")] + [
+            (n.name, str(n.spec["bgp"]["asNumber"]) if "asNumber" in n.spec["bgp"]
+             else f"({default_asn})", n.spec["bgp"]["ipv4Address"]) for n in nodes]
+    else:
+        rows = [("NAME",)] + [(n.name,) for n in nodes]
+    _show(KINDS["Node"], nodes, output, single=False, rows=rows)
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)

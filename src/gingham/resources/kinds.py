@@ -144,6 +144,30 @@ def check_bgp_peer(fields: Fields) -> dict[str, Any]:
     return spec
 
 
+def check_node(fields: Fields) -> dict[str, Any]:
+    bgp = Fields(fields.take("bgp", dict, {}), f"{fields.where}: spec.bgp")
+    spec: dict[str, Any] = {}
+    address = bgp.take("ipv4Address", str)
+    if address is not None:
+        try:
+            spec["ipv4Address"] = str(ipaddress.IPv4Interface(address))
+        except ValueError:
+            raise bgp.fail(f"ipv4Address {address!r} is not an IPv4 address/length") from None
+    asn = bgp.asn("asNumber")
+    if asn is not None:
+        spec["asNumber"] = asn
+    cluster_id = bgp.take("routeReflectorClusterID", str)
+    if cluster_id is not None:
+        try:
+            spec["routeReflectorClusterID"] = str(ipaddress.IPv4Address(cluster_id))
+        except ValueError:
+            raise bgp.fail(f"routeReflectorClusterID {cluster_id!r} is not an IPv4 "
+                           "address") from None
+    bgp.done()
+    fields.done()
+    return {"bgp": spec}
+
+
 @dataclass(frozen=True)
 class ResourceKind:
     kind: str
@@ -152,6 +176,9 @@ class ResourceKind:
     api_version: str = CALICO_API
     namespaced: bool = False
     aliases: tuple[str, ...] = ()  # other names `get` and `delete` take
+    # How the resource is stored, when not as its own document: Node shares the node
+    # record an agent writes (resources/store.py, NODE_RECORDS).
+    stored_as_document: bool = True
 
     def key(self, prefix: str, name: str, namespace: str = "") -> str:
         return f"{self.folder(prefix)}{namespace + '/' if self.namespaced else ''}{name}"
@@ -190,6 +217,7 @@ KINDS = {k.kind: k for k in (
     ResourceKind("BGPConfiguration", "bgpconfigurations", check_bgp_configuration,
                  aliases=("bgpconfiguration", "bgpconfig", "bgpconfigs")),
     ResourceKind("BGPPeer", "bgppeers", check_bgp_peer, aliases=("bgppeer",)),
+    ResourceKind("Node", "nodes", check_node, aliases=("node",), stored_as_document=False),
 )}
 
 

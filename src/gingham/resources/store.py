@@ -18,6 +18,7 @@ from gingham.ipam.blocks import Block, BlockDataError
 from gingham.resources.document import RawDocument, Resource, ResourceError, to_document
 from gingham.resources.kinds import KINDS, ResourceKind
 from gingham.store.contract import Store
+from gingham.subnet.lease import LeaseDataError, NodeInfo
 
 CREATE, REPLACE, APPLY = "create", "replace", "apply"
 
@@ -26,10 +27,44 @@ CREATE, REPLACE, APPLY = "create", "replace", "apply"
 class Stored:
     resource: Resource
     revision: int  # its key's modification revision, for compare-and-swap
+    value: bytes = b""
+    lease: int = 0  # a node record lives as long as its agent's lease
+
+
+def node_resource(node: NodeInfo) -> Resource:
+    """A node record as Calico's Node resource."""
+    bgp: dict = {"ipv4Address": node.ipv4_address or f"{node.public_ip}/32"}
+    if node.asn is not None:
+        bgp["asNumber"] = node.asn
+    if node.rr_cluster_id:
+        bgp["routeReflectorClusterID"] = node.rr_cluster_id
+    return Resource("Node", node.name, {"bgp": bgp}, dict(node.labels))
+
+
+def node_record(resource: Resource, stored: bytes | None) -> NodeInfo:
+    """What applying a Node resource makes of the node record: its labels and BGP fields
+    replaced, the rest (what the agent wrote) kept."""
+    bgp = resource.spec["bgp"]
+    address = bgp.get("ipv4Address")
+    if stored is not None:
+        node = NodeInfo.decode(stored)
+    elif address is None:
+        raise ResourceError(f"{resource.named}: a new node needs spec.bgp.ipv4Address")
+    else:
+        node = NodeInfo(resource.name, ipaddress.IPv4Interface(address).ip)
+    return replace(node, labels=dict(resource.labels), asn=bgp.get("asNumber"),
+                   rr_cluster_id=bgp.get("routeReflectorClusterID", ""),
+                   ipv4_address=address or node.ipv4_address,
+                   public_ip=ipaddress.IPv4Interface(address).ip if address else node.public_ip)
 
 
 def decode_stored(kind: ResourceKind, key: str, value: bytes) -> Resource:
     """The resource a stored value holds; ResourceError naming the key if none."""
+    if not kind.stored_as_document:
+        try:
+            return node_resource(NodeInfo.decode(value))
+        except LeaseDataError as err:
+            raise ResourceError(f"{key}: {err}") from None
     try:
         doc = json.loads(value)
         raw = RawDocument(doc["apiVersion"], doc["kind"], doc.get("metadata", {}),
@@ -50,7 +85,8 @@ class ResourceStore:
         found, problems = [], []
         for kv in kvs:
             try:
-                found.append(Stored(decode_stored(kind, kv.key, kv.value), kv.mod_revision))
+                found.append(Stored(decode_stored(kind, kv.key, kv.value), kv.mod_revision,
+                                    kv.value, kv.lease))
             except ResourceError as err:
                 problems.append(str(err))
         return found, problems
@@ -59,17 +95,21 @@ class ResourceStore:
         kv = self.store.get(kind.key(self.prefix, name, namespace))
         if kv is None:
             return None
-        return Stored(decode_stored(kind, kv.key, kv.value), kv.mod_revision)
+        return Stored(decode_stored(kind, kv.key, kv.value), kv.mod_revision, kv.value,
+                      kv.lease)
 
     def write(self, action: str, resources: list[Resource]) -> None:
         """Create, replace or apply (create or replace) every resource, or none of them."""
         plan = self._checked(action, resources)
-        for resource, revision in plan:
+        for resource, stored in plan:
             kind = KINDS[resource.kind]
-            value = json.dumps(to_document(resource, kind.api_version), sort_keys=True)
+            value = (json.dumps(to_document(resource, kind.api_version), sort_keys=True).encode()
+                     if kind.stored_as_document else
+                     node_record(resource, stored.value if stored else None).encode())
             if not self.store.compare_and_swap(kind.key(self.prefix, resource.name,
                                                         resource.namespace),
-                                               value.encode(), revision):
+                                               value, stored.revision if stored else 0,
+                                               stored.lease if stored else 0):
                 raise ResourceError(f"{resource.title} changed while being written; nothing "
                                     "after it was written, run the command again")
 
@@ -91,7 +131,8 @@ class ResourceStore:
                 raise ResourceError(f"{resource.title} changed while being deleted; run the "
                                     "command again")
 
-    def _checked(self, action: str, resources: list[Resource]) -> list[tuple[Resource, int]]:
+    def _checked(self, action: str, resources: list[Resource]
+                 ) -> list[tuple[Resource, Stored | None]]:
         seen: set[tuple[str, str, str]] = set()
         plan = []
         for resource in resources:
@@ -104,7 +145,9 @@ class ResourceStore:
                 raise ResourceError(f"{resource.named}: already exists; nothing was created")
             if action == REPLACE and stored is None:
                 raise ResourceError(f"{resource.named}: does not exist; nothing was replaced")
-            plan.append((resource, stored.revision if stored else 0))
+            if not KINDS[resource.kind].stored_as_document:
+                node_record(resource, stored.value if stored else None)  # fails early
+            plan.append((resource, stored))
         self._check_pools([r for r in resources if r.kind == "IPPool"])
         return plan
 

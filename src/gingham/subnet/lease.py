@@ -99,22 +99,32 @@ class NodeInfo:
     # (ipv4VXLANTunnelAddr, vxlanTunnelMACAddr); empty when the node has none.
     vxlan_address: str = ""
     vxlan_mac: str = ""
+    # Calico's spec.bgp: the address with its prefix length, the node's own AS number
+    # (None: the cluster's) and, for a route reflector, its cluster ID.
+    ipv4_address: str = ""
+    asn: int | None = None
+    rr_cluster_id: str = ""
+
+    OPTIONAL = (("vxlan_address", "ipv4VXLANTunnelAddr"), ("vxlan_mac", "vxlanTunnelMACAddr"),
+                ("ipv4_address", "ipv4Address"), ("asn", "asNumber"),
+                ("rr_cluster_id", "routeReflectorClusterID"))
 
     def encode(self) -> bytes:
         data: dict = {"name": self.name, "publicIP": str(self.public_ip), "labels": self.labels}
-        if self.vxlan_address:
-            data |= {"ipv4VXLANTunnelAddr": self.vxlan_address,
-                     "vxlanTunnelMACAddr": self.vxlan_mac}
+        data |= {key: getattr(self, attr) for attr, key in self.OPTIONAL if getattr(self, attr)}
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> NodeInfo:
         try:
             data = json.loads(raw)
+            asn = data.get("asNumber")
             return cls(str(data["name"]), ipaddress.IPv4Address(data["publicIP"]),
                        {str(k): str(v) for k, v in (data.get("labels") or {}).items()},
                        str(data.get("ipv4VXLANTunnelAddr", "")),
-                       str(data.get("vxlanTunnelMACAddr", "")))
+                       str(data.get("vxlanTunnelMACAddr", "")),
+                       str(data.get("ipv4Address", "")), None if asn is None else int(asn),
+                       str(data.get("routeReflectorClusterID", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise LeaseDataError(f"node value does not parse: {err}") from None
 

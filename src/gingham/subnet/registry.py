@@ -104,15 +104,18 @@ class SubnetRegistry:
     # -- nodes -------------------------------------------------------------------------
 
     def put_node(self, node: NodeInfo, store_lease: int = 0) -> None:
-        """Write the node's record; labels set on it since (`gingham label nodes`) stay,
-        the agent's own (--label) win."""
+        """Write the node's record; what was set on it since (labels by `gingham label
+        nodes`, BGP fields by `gingham apply` of a Node, the VXLAN endpoint) stays; the
+        agent's own labels (--label) win."""
         key = nodes_prefix(self.prefix) + node.name
         kv = self.store.get(key)
         with contextlib.suppress(LeaseDataError):
             if kv is not None:
                 stored = NodeInfo.decode(kv.value)
                 node = replace(node, labels={**stored.labels, **node.labels},
-                               vxlan_address=stored.vxlan_address, vxlan_mac=stored.vxlan_mac)
+                               vxlan_address=stored.vxlan_address, vxlan_mac=stored.vxlan_mac,
+                               ipv4_address=node.ipv4_address or stored.ipv4_address,
+                               asn=stored.asn, rr_cluster_id=stored.rr_cluster_id)
         self.store.put(key, node.encode(), store_lease)
 
     def publish_vxlan(self, name: str, address: str, mac: str) -> None:
