@@ -133,5 +133,32 @@ def test_a_stored_value_that_does_not_decode_is_reported_not_fatal(resources):
 
 def test_kinds_are_found_by_any_of_their_names():
     assert kind_named("ippools") is kind_named("IPPool") is kind_named("pool")
-    with pytest.raises(ResourceError, match="unknown resource kind 'pods'"):
-        kind_named("pods")
+    assert kind_named("ns") is kind_named("Namespace")
+    with pytest.raises(ResourceError, match="unknown resource kind 'deployments'"):
+        kind_named("deployments")
+
+
+def test_workload_kinds_apply_over_their_records(resources):
+    from gingham.workloads.store import WorkloadStore
+
+    workloads = WorkloadStore(resources.store, "/gingham/network")
+    workloads.attach("shop", "cart", "node2", "10.244.0.9", "cid")  # what an ADD recorded
+    resources.write(APPLY, load("""
+apiVersion: v1
+kind: Pod
+metadata: {name: cart, namespace: shop, labels: {app: cart}}
+spec:
+  containers: [{name: main, image: x, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a}}
+"""))
+    (pod,), _ = workloads.pods("shop")
+    assert (pod.labels, pod.ip, pod.node, [str(p) for p in pod.ports]) == (
+        {"app": "cart"}, "10.244.0.9", "node2", ["http=8080/TCP"])
+    (ns,), _ = workloads.namespaces()
+    assert ns.labels == {"team": "a", "kubernetes.io/metadata.name": "shop"}
+    with pytest.raises(ResourceError, match=r"containerPort 0 is outside"):
+        load("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+             "spec: {containers: [{ports: [{containerPort: 0}]}]}\n")

@@ -151,7 +151,7 @@ def _getter(kind: ResourceKind):
 
 
 for _kind in KINDS.values():
-    if _kind.stored_as_document:  # nodes: `get nodes` shows either mode's (cluster_cmd)
+    if _kind.record is None:  # get nodes|pods|namespaces show the records (their commands)
         _getter(_kind)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from gingham.model import selector
 from gingham.resources.document import RawDocument, Resource, ResourceError
+from gingham.resources.records import NAMESPACE_RECORDS, NODE_RECORDS, POD_RECORDS
 
 CALICO_API = "projectcalico.org/v3"
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
@@ -168,6 +169,51 @@ def check_node(fields: Fields) -> dict[str, Any]:
     return {"bgp": spec}
 
 
+def check_namespace(fields: Fields) -> dict[str, Any]:
+    fields.done()
+    return {}
+
+
+def check_pod(fields: Fields) -> dict[str, Any]:
+    """Kubernetes' Pod as far as a network policy looks at it: its node and the named
+    ports of its containers."""
+    spec: dict[str, Any] = {}
+    node = fields.take("nodeName", str)
+    if node is not None:
+        spec["nodeName"] = node
+    containers = []
+    for i, raw in enumerate(fields.take("containers", list, [])):
+        if not isinstance(raw, dict):
+            raise fields.fail(f"spec.containers[{i}] must be a mapping")
+        container = Fields(raw, f"{fields.where}: spec.containers[{i}]")
+        ports = []
+        for j, port in enumerate(container.take("ports", list, [])):
+            if not isinstance(port, dict):
+                raise container.fail(f"ports[{j}] must be a mapping")
+            entry = Fields(port, f"{container.where}.ports[{j}]")
+            number = entry.take("containerPort", int, required=True)
+            if not 1 <= number <= 65535:
+                raise entry.fail(f"containerPort {number} is outside 1-65535")
+            out = {"containerPort": number,
+                   "protocol": entry.choice("protocol", ("TCP", "UDP", "SCTP"), "TCP")}
+            name = entry.take("name", str)
+            if name is not None:
+                out["name"] = name
+            entry.done()
+            ports.append(out)
+        item: dict[str, Any] = {"name": container.take("name", str, f"c{i}")}
+        if ports:
+            item["ports"] = ports
+        for ignored in ("image", "command", "args"):  # kept out: nothing here runs them
+            container.take(ignored, (str, list))
+        container.done()
+        containers.append(item)
+    if containers:
+        spec["containers"] = containers
+    fields.done()
+    return spec
+
+
 @dataclass(frozen=True)
 class ResourceKind:
     kind: str
@@ -176,9 +222,10 @@ class ResourceKind:
     api_version: str = CALICO_API
     namespaced: bool = False
     aliases: tuple[str, ...] = ()  # other names `get` and `delete` take
-    # How the resource is stored, when not as its own document: Node shares the node
-    # record an agent writes (resources/store.py, NODE_RECORDS).
-    stored_as_document: bool = True
+    # How the resource is stored when not as its own document (resources/records.py):
+    # Node over the node record an agent writes, Pod and Namespace over the workload
+    # records the CNI service keeps.
+    record: Any = None
 
     def key(self, prefix: str, name: str, namespace: str = "") -> str:
         return f"{self.folder(prefix)}{namespace + '/' if self.namespaced else ''}{name}"
@@ -217,7 +264,11 @@ KINDS = {k.kind: k for k in (
     ResourceKind("BGPConfiguration", "bgpconfigurations", check_bgp_configuration,
                  aliases=("bgpconfiguration", "bgpconfig", "bgpconfigs")),
     ResourceKind("BGPPeer", "bgppeers", check_bgp_peer, aliases=("bgppeer",)),
-    ResourceKind("Node", "nodes", check_node, aliases=("node",), stored_as_document=False),
+    ResourceKind("Node", "nodes", check_node, aliases=("node",), record=NODE_RECORDS),
+    ResourceKind("Namespace", "namespaces", check_namespace, api_version="v1",
+                 aliases=("namespace", "ns"), record=NAMESPACE_RECORDS),
+    ResourceKind("Pod", "pods", check_pod, api_version="v1", namespaced=True,
+                 aliases=("pod",), record=POD_RECORDS),
 )}
 
 

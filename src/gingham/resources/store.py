@@ -18,7 +18,6 @@ from gingham.ipam.blocks import Block, BlockDataError
 from gingham.resources.document import RawDocument, Resource, ResourceError, to_document
 from gingham.resources.kinds import KINDS, ResourceKind
 from gingham.store.contract import Store
-from gingham.subnet.lease import LeaseDataError, NodeInfo
 
 CREATE, REPLACE, APPLY = "create", "replace", "apply"
 
@@ -31,39 +30,12 @@ class Stored:
     lease: int = 0  # a node record lives as long as its agent's lease
 
 
-def node_resource(node: NodeInfo) -> Resource:
-    """A node record as Calico's Node resource."""
-    bgp: dict = {"ipv4Address": node.ipv4_address or f"{node.public_ip}/32"}
-    if node.asn is not None:
-        bgp["asNumber"] = node.asn
-    if node.rr_cluster_id:
-        bgp["routeReflectorClusterID"] = node.rr_cluster_id
-    return Resource("Node", node.name, {"bgp": bgp}, dict(node.labels))
-
-
-def node_record(resource: Resource, stored: bytes | None) -> NodeInfo:
-    """What applying a Node resource makes of the node record: its labels and BGP fields
-    replaced, the rest (what the agent wrote) kept."""
-    bgp = resource.spec["bgp"]
-    address = bgp.get("ipv4Address")
-    if stored is not None:
-        node = NodeInfo.decode(stored)
-    elif address is None:
-        raise ResourceError(f"{resource.named}: a new node needs spec.bgp.ipv4Address")
-    else:
-        node = NodeInfo(resource.name, ipaddress.IPv4Interface(address).ip)
-    return replace(node, labels=dict(resource.labels), asn=bgp.get("asNumber"),
-                   rr_cluster_id=bgp.get("routeReflectorClusterID", ""),
-                   ipv4_address=address or node.ipv4_address,
-                   public_ip=ipaddress.IPv4Interface(address).ip if address else node.public_ip)
-
-
 def decode_stored(kind: ResourceKind, key: str, value: bytes) -> Resource:
     """The resource a stored value holds; ResourceError naming the key if none."""
-    if not kind.stored_as_document:
+    if kind.record is not None:
         try:
-            return node_resource(NodeInfo.decode(value))
-        except LeaseDataError as err:
+            return kind.record.resource(value)
+        except ValueError as err:
             raise ResourceError(f"{key}: {err}") from None
     try:
         doc = json.loads(value)
@@ -104,8 +76,8 @@ class ResourceStore:
         for resource, stored in plan:
             kind = KINDS[resource.kind]
             value = (json.dumps(to_document(resource, kind.api_version), sort_keys=True).encode()
-                     if kind.stored_as_document else
-                     node_record(resource, stored.value if stored else None).encode())
+                     if kind.record is None else
+                     kind.record.merged(resource, stored.value if stored else None))
             if not self.store.compare_and_swap(kind.key(self.prefix, resource.name,
                                                         resource.namespace),
                                                value, stored.revision if stored else 0,
@@ -145,8 +117,9 @@ class ResourceStore:
                 raise ResourceError(f"{resource.named}: already exists; nothing was created")
             if action == REPLACE and stored is None:
                 raise ResourceError(f"{resource.named}: does not exist; nothing was replaced")
-            if not KINDS[resource.kind].stored_as_document:
-                node_record(resource, stored.value if stored else None)  # fails early
+            record = KINDS[resource.kind].record
+            if record is not None:
+                record.merged(resource, stored.value if stored else None)  # fails early
             plan.append((resource, stored))
         self._check_pools([r for r in resources if r.kind == "IPPool"])
         return plan
