@@ -9,6 +9,7 @@ the same; IPAM, the pod attachment and the route manager are Calico's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -22,9 +23,13 @@ from gingham.calico.block_routes import BlockRoutes
 from gingham.calico.cni_service import CalicoCniService
 from gingham.calico.kinds import BlockKind, NodeKind, PoolKind, cluster_key, decode_mode
 from gingham.calico.nat_outgoing import NatOutgoing
+from gingham.calico.pools import DEFAULT_POOL, default_pool
 from gingham.dataplane import sysctl
 from gingham.ipam.block_ipam import BlockIpam
 from gingham.model.files import render_conflist, write_atomically
+from gingham.resources.document import ResourceError
+from gingham.resources.kinds import KINDS
+from gingham.resources.store import CREATE, ResourceStore
 from gingham.store.contract import Store, StoreError
 from gingham.store.factory import open_store
 from gingham.subnet.lease import NodeInfo
@@ -102,6 +107,7 @@ class CalicoAgent:
                 if mode != "calico":
                     raise ValueError(f"the datastore's cluster mode is {mode}, this agent runs "
                                      f"calico (set {cluster_key(self.config.prefix)})")
+                self._default_pool(self.store)
                 SubnetRegistry(self.store, self.config.prefix).put_node(node)
                 self.health.joined()
                 log.info("joined as %s (%s)", node.name, node.public_ip)
@@ -113,6 +119,17 @@ class CalicoAgent:
                 self.health.join_failed(str(err))
             self.stopping.wait(JOIN_RETRY)
         raise InterruptedError("stopped before joining")
+
+    def _default_pool(self, store: Store) -> None:
+        """With --cluster-cidr, a cluster without pools gets Calico's default one."""
+        if self.config.cluster_cidr is None:
+            return
+        resources = ResourceStore(store, self.config.prefix)
+        if resources.list(KINDS["IPPool"])[0]:
+            return
+        with contextlib.suppress(ResourceError):  # another node made it first
+            resources.write(CREATE, [default_pool(self.config.cluster_cidr)])
+            log.info("created IP pool %s (%s)", DEFAULT_POOL, self.config.cluster_cidr)
 
     def _overhead(self, ipam: BlockIpam) -> int:
         """The largest encapsulation of the pools that select this node: pods get the MTU

@@ -76,7 +76,8 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
 @click.option("--subnet", "pod_subnet", type=Network(),
               help="Static pod subnet (no datastore), e.g. 10.244.1.0/24.")
 @click.option("--cluster-cidr", type=Network(),
-              help="Static mode: the cluster's pod network (default 10.244.0.0/16).")
+              help="Static mode: the cluster's pod network (default 10.244.0.0/16). Calico "
+                   "mode: the default IP pool made when the cluster has none.")
 @datastore_options
 @click.option("--prefer-subnet", type=Network(),
               help="Lease this subnet if it is free and the node holds none yet.")

@@ -10,13 +10,12 @@ from pathlib import Path
 
 from gingham.backends.registry import check_options
 from gingham.calico.kinds import cluster_key, encode_mode
+from gingham.calico.pools import default_pool
 from gingham.dataplane import netns
 from gingham.lab import etcd, procs
 from gingham.lab.plan import CONTROL, LabPlan, netns_name
 from gingham.lab.state import LabFiles, LabRecord
 from gingham.model.network import parse_network_config
-from gingham.resources.document import Resource, split_documents
-from gingham.resources.kinds import CALICO_API, parse_resource
 from gingham.resources.store import APPLY, ResourceStore
 from gingham.store.factory import StoreOptions, open_store
 from gingham.subnet.registry import SubnetRegistry
@@ -73,7 +72,8 @@ def write_network_config(plan: LabPlan, record: LabRecord) -> None:
     if plan.mode == "calico":
         with lab_registry(record) as registry:
             registry.store.put(cluster_key(registry.prefix), encode_mode("calico"))
-            ResourceStore(registry.store, registry.prefix).write(APPLY, [default_pool(plan)])
+            ResourceStore(registry.store, registry.prefix).write(APPLY, [default_pool(
+                plan.pod_cidr, plan.encap, plan.cross_subnet, plan.ip_masq)])
         return
     network = parse_network_config({"Network": str(plan.pod_cidr),
                                     "Backend": {**plan.backend_options, "Type": plan.backend}})
@@ -81,18 +81,6 @@ def write_network_config(plan: LabPlan, record: LabRecord) -> None:
     with lab_registry(record) as registry:
         registry.store.put(cluster_key(registry.prefix), encode_mode("flannel"))
         registry.set_config(network)
-
-
-def default_pool(plan: LabPlan) -> Resource:
-    """`default-ipv4-ippool` over the lab's pod CIDR, as calico-node makes it at start."""
-    encap = "CrossSubnet" if plan.cross_subnet else "Always"
-    spec = {"cidr": str(plan.pod_cidr), "natOutgoing": plan.ip_masq,
-            "ipipMode": encap if plan.encap == "ipip" else "Never",
-            "vxlanMode": encap if plan.encap == "vxlan" else "Never"}
-    doc = {"apiVersion": CALICO_API, "kind": "IPPool",
-           "metadata": {"name": "default-ipv4-ippool"}, "spec": spec}
-    (raw,) = split_documents([doc], "the lab's default pool")
-    return parse_resource(raw)
 
 
 def agent_store_args(record: LabRecord) -> list[str]:
