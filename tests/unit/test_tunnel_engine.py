@@ -46,7 +46,7 @@ def engine() -> Iterator[tuple[TunnelEngine, socket.socket, dict]]:
     transport = LoopbackTransport()
     nodes = {ip: node_socket(ip) for ip in (NODE2, NODE3, STRANGER)}
     transport.ports = {ip: sock.getsockname()[1] for ip, sock in nodes.items()}
-    eng = TunnelEngine(tun.detach(), transport, 24)
+    eng = TunnelEngine(tun.detach(), transport)
     eng.update({N("10.244.2.0/24"): NODE2, N("10.244.3.0/24"): NODE3})
     eng.start()
     device.settimeout(2)
@@ -109,7 +109,19 @@ def test_change_sets_and_removes_one_peer_and_keeps_senders_counted():
         assert nothing_more(device)
         assert eng.known == {NODE2: 2}
         eng.change(N("10.244.9.0/24"), None)  # never held: nothing to do
-        assert eng.nodes.keys() == {int(A("10.244.2.0")), int(A("10.244.4.0"))}
+        assert eng.nodes.keys() == {N("10.244.2.0/24"), N("10.244.4.0/24")}
+
+
+def test_the_longest_prefix_wins():
+    with engine() as (eng, device, nodes):
+        eng.change(N("10.244.3.7/32"), NODE2)  # borrowed from NODE3's block, held by NODE2
+        device.send(PLAIN + ipv4("10.244.3.7"))
+        device.send(PLAIN + ipv4("10.244.3.8"))
+        assert nodes[NODE2].recv(1 << 16) == ipv4("10.244.3.7")
+        assert nodes[NODE3].recv(1 << 16) == ipv4("10.244.3.8")
+        eng.change(N("10.244.3.7/32"), None)
+        device.send(PLAIN + ipv4("10.244.3.7"))
+        assert nodes[NODE3].recv(1 << 16) == ipv4("10.244.3.7")
 
 
 def test_a_super_packet_leaves_as_one_datagram_per_segment():

@@ -79,8 +79,7 @@ class Membership:
             self._open_store()
         assert self.registry is not None
         network = self.registry.get_config()
-        backend = make_backend(network.backend, self.uplink, self.config.node_name,
-                               network.subnet_len)
+        backend = make_backend(network.backend, self.uplink, self.config.node_name)
         manager = LeaseManager(self.registry, network, self.config.lease_ttl,
                                self.config.lease_renew_margin)
         lease = manager.acquire(self.attrs(network, backend), previous, held=held)
@@ -169,8 +168,7 @@ class Membership:
         is rewritten with the new backend's type and data. On a bad new backend the old
         one keeps running (raises before anything is torn down)."""
         assert self.backend is not None and self.manager is not None
-        backend = make_backend(network.backend, self.uplink, self.config.node_name,
-                               network.subnet_len)
+        backend = make_backend(network.backend, self.uplink, self.config.node_name)
         old = self.backend
         log.info("switching backend %s -> %s", old.type, backend.type)
         old.teardown()

@@ -30,8 +30,7 @@ def check_options(config: BackendConfig) -> None:
         udp.parse_port(config)
 
 
-def make_backend(config: BackendConfig, uplink: Uplink, node_name: str,
-                 subnet_len: int = 24) -> Backend:
+def make_backend(config: BackendConfig, uplink: Uplink, node_name: str) -> Backend:
     check_options(config)
     if config.type == HostGwBackend.type:
         return HostGwBackend(uplink)
@@ -39,12 +38,12 @@ def make_backend(config: BackendConfig, uplink: Uplink, node_name: str,
         return VxlanBackend(VxlanOptions.parse(config), uplink, node_name)
     if config.type == udp.TYPE:
         _need_tun()
-        return udp.UdpBackend(config, uplink, subnet_len)
+        return udp.UdpBackend(config, uplink)
     if config.type == ipip.TYPE:
         if ipip.kernel_has_ipip():
             return ipip.KernelIpipBackend(uplink)
         _need_tun()
-        return ipip.UserspaceIpipBackend(uplink, subnet_len)
+        return ipip.UserspaceIpipBackend(uplink)
     raise BackendUnavailable(f"backend {config.type!r} is not implemented yet "
                              f"(available: {', '.join(AVAILABLE)})")
 

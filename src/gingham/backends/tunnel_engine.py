@@ -78,18 +78,18 @@ class IpipTransport:
 
 
 class TunnelEngine:
-    """Moves packets between the TUN fd and the transport until stopped. `nodes` (subnet
-    key → node) is replaced by update() or changed one subnet at a time by change(), each
-    change passed on to the loops' table; `known` counts the subnets each node holds: only
-    nodes holding a lease may inject packets into this node."""
+    """Moves packets between the TUN fd and the transport until stopped. `nodes` (network →
+    node; the longest prefix holding a packet's destination wins) is replaced by update()
+    or changed one network at a time by change(), each change passed on to the loops'
+    table; `known` counts the networks each node holds: only nodes holding one may inject
+    packets into this node."""
 
-    def __init__(self, tun_fd: int, transport: Transport, subnet_len: int) -> None:
+    def __init__(self, tun_fd: int, transport: Transport) -> None:
         self.tun_fd = tun_fd
         self.transport = transport
-        self.mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
-        self.nodes: dict[int, ipaddress.IPv4Address] = {}
+        self.nodes: dict[ipaddress.IPv4Network, ipaddress.IPv4Address] = {}
         self.known: dict[ipaddress.IPv4Address, int] = {}
-        self.table = tunnel_loops.Table(self.mask)
+        self.table = tunnel_loops.Table()
         self._changing = threading.Lock()
         sock, raw = transport.sock.fileno(), transport.raw
         self._threads = [
@@ -99,11 +99,10 @@ class TunnelEngine:
                              args=(sock, tun_fd, self.table, raw, transport.slot))]
 
     def update(self, peers: dict[ipaddress.IPv4Network, ipaddress.IPv4Address]) -> None:
-        wanted = {int(net.network_address) & self.mask: ip for net, ip in peers.items()}
         with self._changing:
-            for key in self.nodes.keys() - wanted.keys():
+            for key in self.nodes.keys() - peers.keys():
                 self._set(key, None)
-            for key, ip in wanted.items():
+            for key, ip in peers.items():
                 self._set(key, ip)
 
     def change(self, subnet: ipaddress.IPv4Network,
@@ -111,9 +110,9 @@ class TunnelEngine:
         """Point `subnet` at the node `address`, or at none: one entry replaced, so the
         packet threads see either the old node or the new one."""
         with self._changing:
-            self._set(int(subnet.network_address) & self.mask, address)
+            self._set(subnet, address)
 
-    def _set(self, key: int, address: ipaddress.IPv4Address | None) -> None:
+    def _set(self, key: ipaddress.IPv4Network, address: ipaddress.IPv4Address | None) -> None:
         old = self.nodes.get(key)
         if old == address:
             return
@@ -122,10 +121,11 @@ class TunnelEngine:
             if self.known[address] == 1:
                 self.table.admit(int(address))
             self.nodes[key] = address
-            self.table.route(key, int(address), self.transport.port_of(address))
+            self.table.route(int(key.network_address), key.prefixlen, int(address),
+                             self.transport.port_of(address))
         else:
             del self.nodes[key]
-            self.table.unroute(key)
+            self.table.unroute(int(key.network_address), key.prefixlen)
         if old is not None:
             self.known[old] -= 1
             if not self.known[old]:

@@ -24,8 +24,8 @@ class UdpBackend(UserspaceBackend):
     device = "flannel0"
     overhead = 28  # outer IPv4 20 + UDP 8
 
-    def __init__(self, config: BackendConfig, uplink: Uplink, subnet_len: int) -> None:
-        super().__init__(uplink, subnet_len)
+    def __init__(self, config: BackendConfig, uplink: Uplink) -> None:
+        super().__init__(uplink)
         self.port = parse_port(config)
 
     def transport(self) -> Transport:

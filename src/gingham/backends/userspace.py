@@ -38,9 +38,8 @@ class UserspaceBackend(LeaseBackend):
     device = ""
     overhead = 0
 
-    def __init__(self, uplink: Uplink, subnet_len: int) -> None:
+    def __init__(self, uplink: Uplink) -> None:
         self.uplink = uplink
-        self.subnet_len = subnet_len
         self.engine: TunnelEngine | None = None
         self.index: int | None = None
 
@@ -65,7 +64,7 @@ class UserspaceBackend(LeaseBackend):
             ipr.addr("add", index=index, address=str(own.subnet.network_address), prefixlen=32)
             ipr.link("set", index=index, mtu=self.mtu(self.uplink), state="up")
         self.index = index
-        self.engine = TunnelEngine(fd, transport, self.subnet_len)
+        self.engine = TunnelEngine(fd, transport)
         self.engine.start()
 
     def plan_lease(self, own: Lease, lease: Lease) -> BackendPlan:

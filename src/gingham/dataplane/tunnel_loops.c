@@ -388,19 +388,31 @@ static void map_del(struct map *m, uint32_t key) {
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t lock;
-    uint32_t mask;
-    struct map peers;     /* subnet key -> node address << 16 | port */
+    /* per prefix length: network -> node address << 16 | port. A lookup tries the
+     * lengths in use from the longest (a borrowed /32 before its block's /26). */
+    struct map peers[33];
+    uint8_t lengths[33];  /* the prefix lengths that hold entries, longest first */
+    int nlengths;
     struct map admitted;  /* node address -> 1: who may send to us */
     int wake;             /* eventfd: readable once stopping */
     int stopping;
 } Table;
 
+static inline uint32_t mask_of(unsigned length) {
+    return length ? 0xFFFFFFFFu << (32 - length) : 0;
+}
+
+static void count_lengths(Table *t) {  /* under the lock */
+    t->nlengths = 0;
+    for (int length = 32; length >= 0; length--)
+        if (t->peers[length].count)
+            t->lengths[t->nlengths++] = (uint8_t)length;
+}
+
 static int Table_init(Table *self, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"mask", NULL};
-    unsigned int mask;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "I", names, &mask))
+    static char *names[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", names))
         return -1;
-    self->mask = mask;
     self->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (self->wake < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -411,7 +423,8 @@ static int Table_init(Table *self, PyObject *args, PyObject *kwds) {
 }
 
 static void Table_dealloc(Table *self) {
-    free(self->peers.slots);
+    for (int i = 0; i <= 32; i++)
+        free(self->peers[i].slots);
     free(self->admitted.slots);
     if (self->wake > 0)
         close(self->wake);
@@ -434,17 +447,30 @@ static PyObject *locked_del(Table *self, struct map *m, uint32_t key) {
 }
 
 static PyObject *Table_route(Table *self, PyObject *args) {
-    unsigned int subnet, node, port;
-    if (!PyArg_ParseTuple(args, "III", &subnet, &node, &port))
+    unsigned int network, length, node, port;
+    if (!PyArg_ParseTuple(args, "IIII", &network, &length, &node, &port))
         return NULL;
-    return locked_put(self, &self->peers, subnet & self->mask, (uint64_t)node << 16 | (port & 0xFFFF));
+    if (length > 32)
+        return PyErr_Format(PyExc_ValueError, "prefix length %u", length);
+    pthread_mutex_lock(&self->lock);
+    int failed = map_put(&self->peers[length], network & mask_of(length),
+                         (uint64_t)node << 16 | (port & 0xFFFF));
+    count_lengths(self);
+    pthread_mutex_unlock(&self->lock);
+    return failed ? PyErr_NoMemory() : Py_NewRef(Py_None);
 }
 
 static PyObject *Table_unroute(Table *self, PyObject *args) {
-    unsigned int subnet;
-    if (!PyArg_ParseTuple(args, "I", &subnet))
+    unsigned int network, length;
+    if (!PyArg_ParseTuple(args, "II", &network, &length))
         return NULL;
-    return locked_del(self, &self->peers, subnet & self->mask);
+    if (length > 32)
+        return PyErr_Format(PyExc_ValueError, "prefix length %u", length);
+    pthread_mutex_lock(&self->lock);
+    map_del(&self->peers[length], network & mask_of(length));
+    count_lengths(self);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Table_admit(Table *self, PyObject *args) {
@@ -471,7 +497,9 @@ static PyObject *Table_stop(Table *self, PyObject *unused) {
 
 static int lookup(Table *t, uint32_t dst, struct sockaddr_in *to) {
     pthread_mutex_lock(&t->lock);
-    struct slot *s = map_find(&t->peers, dst & t->mask);
+    struct slot *s = NULL;
+    for (int i = 0; i < t->nlengths && !s; i++)
+        s = map_find(&t->peers[t->lengths[i]], dst & mask_of(t->lengths[i]));
     uint64_t v = s ? s->value : 0;
     pthread_mutex_unlock(&t->lock);
     if (!s)
@@ -752,9 +780,10 @@ static PyObject *py_coalesce(PyObject *module, PyObject *args) {
 
 static PyMethodDef Table_methods[] = {
     {"route", (PyCFunction)Table_route, METH_VARARGS,
-     "route(subnet, node, port): send packets for `subnet` (an address in it, as an int) to "
-     "the node's address (an int) and port"},
-    {"unroute", (PyCFunction)Table_unroute, METH_VARARGS, "unroute(subnet): no longer send it"},
+     "route(network, length, node, port): send packets for network/length (addresses as "
+     "ints) to the node's address and port; the longest prefix that holds one wins"},
+    {"unroute", (PyCFunction)Table_unroute, METH_VARARGS,
+     "unroute(network, length): no longer send it"},
     {"admit", (PyCFunction)Table_admit, METH_VARARGS, "admit(node): take packets from it"},
     {"refuse", (PyCFunction)Table_refuse, METH_VARARGS, "refuse(node): no longer take them"},
     {"stop", (PyCFunction)Table_stop, METH_NOARGS, "stop(): end every loop running on it"},
@@ -764,7 +793,7 @@ static PyMethodDef Table_methods[] = {
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "gingham.dataplane.tunnel_loops.Table",
-    .tp_doc = "Table(mask): where each subnet's packets go (subnet & mask -> node), and the "
+    .tp_doc = "Table(): where each network's packets go (longest prefix -> node), and the "
               "nodes allowed to send; shared by the loops, changed under a mutex",
     .tp_basicsize = sizeof(Table),
     .tp_flags = Py_TPFLAGS_DEFAULT,
