@@ -6,6 +6,7 @@ Every lab a test makes gets a unique name and is torn down even when the test fa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -169,12 +170,15 @@ def lab_factory() -> Iterator:
 
     def make(nodes: int = 1, *, via_cli: bool = False, cli_args: tuple[str, ...] = (),
              topology: Path | None = None, **kwargs) -> Lab:
+        # Plan fields the constructors do not take (Calico mode's), set on the plan made.
+        extra = {k: kwargs.pop(k) for k in ("mode", "encap", "cross_subnet") if k in kwargs}
         if topology is not None:
             plan = LabPlan.from_topology(unique_lab_name(),
                                          parse_topology(yaml.safe_load(topology.read_text())),
                                          **kwargs)
         else:
             plan = LabPlan.single_segment(unique_lab_name(), nodes, **kwargs)
+        plan = dataclasses.replace(plan, **extra)
         made.append(plan.name)
         if via_cli:
             assert not kwargs, "via_cli builds the default plan"

@@ -7,12 +7,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from gingham.dataplane.podlink import routed_veth_name
 
 N = ipaddress.IPv4Network
+TWO_SUBNETS = Path(__file__).parents[2] / "examples" / "two-subnets.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +96,63 @@ def test_a_pool_change_converges_and_an_emptied_block_goes(calico, cli, tmp_path
     lab.delete_pod("default/b")
     assert eventually(lambda: block not in {r["dst"] for r in routes(lab, "node1")})
     assert cli("--lab", lab.name, "ipam", "check").returncode == 0
+
+
+DEVICES = {"vxlan": "vxlan.calico", "ipip": "calico.ipip"}  # ipip: the userspace path here
+
+
+@pytest.mark.parametrize("encap", ["vxlan", "ipip"])
+def test_an_encapsulating_pool_tunnels_and_leaves_nothing_when_it_stops(make_lab, cli,
+                                                                       tmp_path, encap):
+    device = DEVICES[encap]
+    lab = make_lab(2, via_cli=True, cli_args=("--mode", "calico", "--encap", encap))
+    a = lab.add_pod("node1", "default/a").ip
+    b = lab.add_pod("node2", "default/b").ip
+    through = [r for r in routes(lab, "node1") if r.get("dev") == device]
+    assert len(through) == 1 and "onlink" in through[0]["flags"]
+    assert ipaddress.IPv4Address(b) in N(through[0]["dst"])
+    mtu = 1450 if encap == "vxlan" else 1480
+    assert f"mtu {mtu}" in lab.run("default/a", "ip", "link", "show", "eth0").stdout
+    assert lab.pings("default/a", b) and lab.pings("default/b", a)
+    if encap == "ipip":  # genuine IPIP on the underlay: protocol 4, node to node
+        seen = lab.capture_one("node2", ["-i", "eth0", "ip", "proto", "4"],
+                               lambda: lab.pings("default/a", b))
+        assert "192.168.50.11 > 192.168.50.12" in seen and f"{a} > {b}" in seen
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("apiVersion: projectcalico.org/v3\nkind: IPPool\n"
+                    "metadata: {name: default-ipv4-ippool}\n"
+                    "spec: {cidr: 10.244.0.0/16}\n")
+    assert cli("--lab", lab.name, "apply", "-f", str(pool)).returncode == 0
+    assert eventually(lambda: lab.run("node1", "ip", "link", "show", device,
+                                      check=False).returncode != 0)
+    assert eventually(lambda: lab.pings("default/a", b))  # routed directly now
+    assert not [r for r in routes(lab, "node1") if r.get("dev") == device]
+    check = cli("--lab", lab.name, "ipam", "check")  # the tunnel addresses went back too
+    assert check.returncode == 0, check.stdout
+    assert "tunnel-addr" not in json.dumps(
+        cli("--lab", lab.name, "ipam", "show", "--show-blocks").stdout)
+
+
+@pytest.mark.parametrize("encap", ["vxlan", "ipip"])
+def test_cross_subnet_tunnels_only_across_the_router(make_lab, encap):
+    device = DEVICES[encap]
+    lab = make_lab(topology=TWO_SUBNETS, mode="calico", encap=encap, cross_subnet=True)
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
+    node1 = routes(lab, "node1")
+    to_node2 = next(r for r in node1 if r.get("gateway") == "192.168.50.12")
+    assert to_node2["dev"] == "eth0"  # same subnet: no tunnel
+    across = [r for r in node1 if r.get("dev") == device]
+    assert len(across) == 1 and ipaddress.IPv4Address(ips["node3"]) in N(across[0]["dst"])
+    for source in ips:
+        for target, ip in ips.items():
+            assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)
+
+
+def test_no_encapsulation_across_a_router_says_why(make_lab, cli):
+    lab = make_lab(topology=TWO_SUBNETS, mode="calico")
+    lab.add_pod("node1", "default/a")
+    lab.add_pod("node3", "default/c")
+    check = cli("lab", "check", "--name", lab.name)
+    assert check.returncode == 1
+    assert "is not on this node's subnet 192.168.50.0/24 and pool default-ipv4-ippool " \
+           "does not encapsulate" in check.stdout

@@ -6,13 +6,14 @@ programs them for VXLAN mode:
   - VXLAN (Always, or CrossSubnet across subnets): `<block> via <node's tunnel address>
     dev vxlan.calico onlink`, with the neighbour entry (tunnel address -> its VTEP MAC) and
     the FDB entry (VTEP MAC -> node IP) the kernel needs to send it;
+  - IPIP (Always, or CrossSubnet across subnets): `<block> via <node IP> dev <IPIP device>
+    onlink`, the kernel's tunl0 or the userspace path's device (calico/tunnels.py);
 - every block of this node: `blackhole <block>`, so an address of it no pod holds is
   dropped here instead of following the default route;
 - every address borrowed from a block of another node: the same, as a /32 to its holder
   (more specific than the block's route; the holder itself has the pod's own /32).
 
-IPIP is reported, not programmed, in this part, as is a node across a router without
-encapsulation (that takes BGP).
+A node across a router without encapsulation is reported, not routed: that takes BGP.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RoutePlan:
     routes: set[RouteIntent] = field(default_factory=set)
     neighbours: set[NeighIntent] = field(default_factory=set)
     fdb: set[FdbIntent] = field(default_factory=set)
+    ipip_peers: dict[ipaddress.IPv4Network, ipaddress.IPv4Address] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -46,14 +48,16 @@ def encapsulates(pool: Pool, same_subnet: bool) -> bool:
     return "Always" in modes or ("CrossSubnet" in modes and not same_subnet)
 
 
-def wants_vxlan(pools: list[Pool]) -> bool:
-    return any(p.spec["vxlanMode"] != "Never" and not p.spec["disabled"] for p in pools)
+def wants(pools: list[Pool], mode: str) -> bool:
+    """Whether an enabled pool uses `mode` (vxlanMode, ipipMode) anywhere."""
+    return any(p.spec[mode] != "Never" and not p.spec["disabled"] for p in pools)
 
 
 def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
                 nodes: Mapping[str, NodeInfo], pools: list[Pool], uplink: Uplink,
-                vtep: int | None = None) -> RoutePlan:
-    """`vtep`: the index of this node's vxlan.calico, when it has one."""
+                vtep: int | None = None, ipip: int | None = None) -> RoutePlan:
+    """`vtep`, `ipip`: the indexes of this node's vxlan.calico and IPIP device, when it
+    has them."""
     plan = RoutePlan()
 
     def via(name: str, dst: ipaddress.IPv4Network, pool: Pool) -> None:
@@ -71,8 +75,11 @@ def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
                     f"{uplink.address.network} and pool {pool.name} does not encapsulate "
                     "(needs BGP, or vxlanMode/ipipMode CrossSubnet)")
         elif pool.spec["ipipMode"] != "Never":
-            plan.problems.append(f"{dst}: pool {pool.name} uses IPIP to node {name}, which "
-                                 "this part does not program yet")
+            if ipip is None:
+                plan.problems.append(f"{dst}: no IPIP device for node {name} yet")
+            else:
+                plan.routes.add(RouteIntent(dst, node.public_ip, ipip, onlink=True))
+                plan.ipip_peers[dst] = node.public_ip
         elif vtep is None or not node.vxlan_address:
             plan.problems.append(f"{dst}: no VXLAN tunnel to node {name} yet")
         else:
