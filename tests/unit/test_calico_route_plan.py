@@ -105,3 +105,26 @@ def test_nat_outgoing_masquerades_from_its_pools_only():
     # Flannel's table keeps its shape: the cluster CIDR is the source
     flannel = render_masquerade_table([N("10.244.0.0/16")], [])
     assert not any("natoutgoing" in str(c) for c in flannel)
+
+
+def test_an_agent_with_a_cluster_cidr_makes_the_default_pool_once(tmp_path):
+    from gingham.agent.config import AgentConfig
+    from gingham.calico.agent import CalicoAgent
+    from gingham.resources.kinds import KINDS
+    from gingham.resources.store import ResourceStore
+    from gingham.store.factory import StoreOptions
+    from gingham.store.sqlite import EmbeddedStore
+
+    config = AgentConfig("node1", store=StoreOptions("embedded", tmp_path / "s.db"),
+                         cluster_cidr=N("10.250.0.0/16"), mode="calico",
+                         run_dir=tmp_path / "run")
+    store = EmbeddedStore(tmp_path / "s.db")
+    try:
+        agent = CalicoAgent(config)
+        agent._default_pool(store)
+        agent._default_pool(store)  # there is one now: nothing more
+        pools, _ = ResourceStore(store, config.prefix).list(KINDS["IPPool"])
+        assert [(p.resource.name, p.resource.spec["cidr"], p.resource.spec["natOutgoing"])
+                for p in pools] == [("default-ipv4-ippool", "10.250.0.0/16", True)]
+    finally:
+        store.close()
