@@ -28,7 +28,7 @@ from gingham.model.files import parse_subnet_env
 from gingham.subnet.kinds import ConfigKind, LeaseKind
 from gingham.subnet.lease import config_key
 from gingham.sync.informer import Informer
-from gingham.sync.loop import ReconcileLoop
+from gingham.sync.loop import ReconcileLoop, stop_all
 from gingham.workloads.recorder import WorkloadRecorder
 from gingham.workloads.store import WorkloadStore
 
@@ -158,12 +158,7 @@ class Agent:
         """Stop serving and watching. Routes, pods and the lease stay: a restarted agent
         picks them up, and pods keep talking meanwhile."""
         self.stopping.set()
-        for informer in self.informers:
-            informer.stop()
-        if self.loop is not None:
-            self.loop.stop()
-        if self.server is not None:
-            self.server.stop()
+        stop_all(self.informers, self.loop, self.server)
         if self.membership is not None:
             self.membership.close()
 

@@ -35,7 +35,7 @@ from gingham.store.factory import open_store
 from gingham.subnet.lease import NodeInfo
 from gingham.subnet.registry import SubnetRegistry
 from gingham.sync.informer import Informer
-from gingham.sync.loop import ReconcileLoop
+from gingham.sync.loop import ReconcileLoop, stop_all
 from gingham.workloads.recorder import WorkloadRecorder
 from gingham.workloads.store import WorkloadStore
 
@@ -147,12 +147,7 @@ class CalicoAgent:
     def shutdown(self) -> None:
         """Stop serving and watching; routes and pods stay for the next agent."""
         self.stopping.set()
-        for informer in self.informers:
-            informer.stop()
-        if self.loop is not None:
-            self.loop.stop()
-        if self.server is not None:
-            self.server.stop()
+        stop_all(self.informers, self.loop, self.server)
         self.health.stop()
         if self.store is not None:
             self.store.close()

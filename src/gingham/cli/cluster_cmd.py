@@ -42,7 +42,9 @@ def open_chosen_store(ctx: click.Context, values: dict):
     return open_store(options), prefix
 
 
-def emit(rows: list[dict], output: str, columns: list[str], wide: list[str]) -> None:
+def emit(rows: list[dict], output: str, columns: list[str], wide: list[str],
+         cell=str) -> None:
+    """Rows as JSON, YAML or a table (`cell` turns a value into its table text)."""
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
     elif output == "yaml":
@@ -50,7 +52,7 @@ def emit(rows: list[dict], output: str, columns: list[str], wide: list[str]) -> 
     else:
         cols = columns + (wide if output == "wide" else [])
         click.echo(format_table([tuple(c.upper() for c in cols)] +
-                                [tuple(str(r.get(c, "")) for c in cols) for r in rows]))
+                                [tuple(cell(r.get(c, "")) for c in cols) for r in rows]))
 
 
 @click.group()

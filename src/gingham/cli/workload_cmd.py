@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import click
-import yaml
 
-from gingham.cli.cluster_cmd import OUTPUTS, get, open_chosen_store
+from gingham.cli.cluster_cmd import OUTPUTS, emit, get, open_chosen_store
 from gingham.cli.store_opts import datastore_options
-from gingham.cli.table import format_table
 
 
 def _workloads(ctx: click.Context, values: dict):
@@ -19,22 +16,13 @@ def _workloads(ctx: click.Context, values: dict):
     return WorkloadStore(*open_chosen_store(ctx, values))
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
-
-
-def _show(rows: list[dict], output: str, head: list[str], wide: list[str]) -> None:
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-    elif output == "yaml":
-        click.echo(yaml.safe_dump(rows, sort_keys=False).rstrip())
-    else:
-        cols = head + (wide if output == "wide" else [])
-        table = [tuple(c.upper() for c in cols)] + [
-            tuple(_labels(r[c]) if isinstance(r[c], dict) else
-                  ",".join(r[c]) or "<none>" if isinstance(r[c], list) else str(r[c] or "<none>")
-                  for c in cols) for r in rows]
-        click.echo(format_table(table))
+def _cell(value) -> str:
+    """kubectl's way: labels as k=v,k=v, lists joined, <none> for nothing."""
+    if isinstance(value, dict):
+        value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    elif isinstance(value, list):
+        value = ",".join(value)
+    return str(value or "<none>")
 
 
 @get.command("pods")
@@ -47,7 +35,7 @@ def get_pods(ctx: click.Context, namespace: str | None, output: str, **values) -
     pods, problems = _workloads(ctx, values).pods(namespace)
     rows = [{"namespace": p.namespace, "name": p.name, "ip": p.ip, "node": p.node,
              "labels": p.labels, "ports": [str(port) for port in p.ports]} for p in pods]
-    _show(rows, output, ["namespace", "name", "ip", "node"], ["labels", "ports"])
+    emit(rows, output, ["namespace", "name", "ip", "node"], ["labels", "ports"], _cell)
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
 
@@ -59,7 +47,7 @@ def get_pods(ctx: click.Context, namespace: str | None, output: str, **values) -
 def get_namespaces(ctx: click.Context, output: str, **values) -> None:
     """Namespaces and their labels."""
     namespaces, problems = _workloads(ctx, values).namespaces()
-    _show([asdict(n) for n in namespaces], output, ["name", "labels"], [])
+    emit([asdict(n) for n in namespaces], output, ["name", "labels"], [], _cell)
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
 

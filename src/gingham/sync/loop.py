@@ -145,3 +145,14 @@ class ReconcileLoop:
 
     def problems(self) -> list[str]:
         return [p for m in self.managers for p in self._problems[m.name]]
+
+
+def stop_all(informers: list, loop: ReconcileLoop | None, server) -> None:
+    """An agent's stop, in order: no news comes in, the loop ends, no call is served (each
+    may be None: an agent stopped before it had it)."""
+    for informer in informers:
+        informer.stop()
+    if loop is not None:
+        loop.stop()
+    if server is not None:
+        server.stop()
