@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import signal
@@ -30,11 +31,14 @@ from gingham.lab.plan import (
 from gingham.lab.runtime import Attachment, CniRuntime, PluginFailed
 from gingham.lab.state import LabFiles, LabRecord, PodRecord
 from gingham.lab.topology import RouterPlan, SegmentPlan
+from gingham.store.contract import StoreError
 from gingham.workloads.records import NamedPort, Pod
 from gingham.workloads.store import WorkloadStore
 
+log = logging.getLogger("gingham.lab.cluster")
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 AGENT_READY_TIMEOUT = 20.0
+DECLARE_TIMEOUT = 2.0  # s: a pod's declaration waits no longer for the datastore
 UNDO_PATIENCE = 30.0  # s: a failed ADD's DEL is retried this long while the node's agent is away
 TRY_AGAIN_LATER = 11  # the CNI error code of a plugin whose agent does not answer
 # Agents started together share the CPUs, so `up` waits longer the more it starts: on 2
@@ -483,9 +487,10 @@ def _attachment(pod: PodRecord, capabilities: dict | None = None) -> Attachment:
 def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
             capabilities: dict | None = None, files: LabFiles | None = None,
             ports: list[NamedPort] | None = None) -> PodRecord:
-    """Make the pod's namespace and ADD it through the node's chain. Its object (labels,
-    named ports, node) is declared in the datastore first, as the API server holds a pod
-    before kubelet asks the network for it; the CNI service adds its IP."""
+    """Make the pod's namespace and ADD it through the node's chain, then declare its object
+    (labels, named ports, node) in the datastore, the API server's part; the CNI service
+    adds its IP. A datastore that does not answer does not stop the pod (Flannel mode
+    serves pods meanwhile): it is said, and the pod is recorded without its labels."""
     files = files or LabFiles(lab)
     namespace, name = parse_pod_ref(ref)
     with files.locked():
@@ -508,9 +513,6 @@ def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
     att = _attachment(pod, capabilities)
     made_netns = False
     try:
-        with control.lab_registry(record) as registry:
-            WorkloadStore(registry.store, registry.prefix).declare_pod(Pod(
-                namespace, name, dict(labels or {}), node, ports=list(ports or [])))
         procs.add_netns(pod.netns)
         made_netns = True
         pod.ip = _pod_ip(runtime.add(att))
@@ -525,6 +527,13 @@ def add_pod(lab: str, node: str, ref: str, labels: dict[str, str] | None = None,
         record = files.load()
         record.pods[ref] = pod
         files.save(record)
+    try:
+        with control.lab_registry(record, timeout=DECLARE_TIMEOUT) as registry:
+            WorkloadStore(registry.store, registry.prefix).declare_pod(Pod(
+                namespace, name, dict(labels or {}), node, ports=list(ports or [])))
+    except (StoreError, RuntimeError) as err:
+        log.warning("pod %s is not declared in the datastore (%s): recorded without its "
+                    "labels and ports", ref, err)
     return pod
 
 

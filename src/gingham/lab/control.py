@@ -55,14 +55,15 @@ def store_options(record: LabRecord) -> tuple[StoreOptions, str | None]:
 
 
 @contextlib.contextmanager
-def lab_registry(record: LabRecord) -> Iterator[SubnetRegistry]:
+def lab_registry(record: LabRecord, timeout: float | None = None
+                 ) -> Iterator[SubnetRegistry]:
     """The lab's registry; with etcd this thread works inside the control namespace, so
-    its connections cross the underlay like an agent's."""
+    its connections cross the underlay like an agent's. `timeout`: see open_store."""
     options, ns = store_options(record)
     with contextlib.ExitStack() as stack:
         if ns is not None:
             stack.enter_context(netns.entered(procs.netns_path(ns)))
-        store = open_store(options)
+        store = open_store(options, timeout)
         stack.callback(store.close)
         yield SubnetRegistry(store)
 

@@ -25,11 +25,14 @@ class StoreOptions:
             else f"embedded {self.path}"
 
 
-def open_store(options: StoreOptions) -> Store:
+def open_store(options: StoreOptions, timeout: float | None = None) -> Store:
+    """`timeout`: how long a request may wait (default: the store's own), for a caller that
+    must not hang on a store that does not answer."""
+    waits = {} if timeout is None else {"timeout": timeout}
     if options.kind == "embedded":
-        return EmbeddedStore(options.path)
+        return EmbeddedStore(options.path, **waits)
     if options.kind == "etcd":
         if not options.endpoints:
             raise ValueError("--datastore etcd needs --endpoints URL[,URL]")
-        return EtcdStore(list(options.endpoints), options.tls)
+        return EtcdStore(list(options.endpoints), options.tls, **waits)
     raise ValueError(f"unknown datastore {options.kind!r} (known: {', '.join(KINDS)})")
