@@ -1,0 +1,171 @@
+"""A Calico-mode node's BIRD 2 configuration, rendered from the datastore: who it peers with
+(the node-to-node mesh, route reflectors, BGPPeer resources) and what it announces (its
+blocks) — what calico-node's confd renders for BIRD 1, in BIRD 2's syntax (channels).
+
+Pure: `plan_peers` decides the sessions, `render_bird_config` writes the text. The choices
+follow confd's: a kernel protocol that learns, persists and restarts gracefully; a direct
+protocol that leaves out pods' interfaces (next hops resolve through it); a BGP template
+with graceful restart and confd's timers; a blackhole static route per affine block;
+export to peers of pool routes only (a block, not its pods' /32s, and addresses this node
+holds in other nodes' blocks); in the mesh, the side with the greater address is passive,
+so two nodes do not race to connect. Protocol names are calicoctl's (`Mesh_192_168_50_12`,
+`Node_…`, `Global_…`), so `node status` reads the same.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gingham.model import selector
+from gingham.subnet.lease import NodeInfo
+
+DEFAULT_ASN = 64512
+DEFAULT_PORT = 179
+MESH, NODE, GLOBAL = "Mesh", "Node", "Global"
+PEER_TYPES = {MESH: "node-to-node mesh", NODE: "node specific", GLOBAL: "global"}
+NOT_DIRECT = ('"cali*"', '"calico.ipip"', '"vxlan.calico"', '"tunl0"')
+
+
+@dataclass(frozen=True, order=True)
+class Peer:
+    kind: str  # Mesh, Node or Global: the protocol name's prefix and `node status` type
+    address: ipaddress.IPv4Address
+    asn: int
+    passive: bool = False
+    rr_client: bool = False  # this node reflects routes to it
+    password: str = ""
+    keepalive: int | None = None
+
+    @property
+    def protocol(self) -> str:
+        return f"{self.kind}_{str(self.address).replace('.', '_')}"
+
+
+@dataclass
+class BgpSetup:
+    """The datastore's BGP objects, as one node reads them."""
+
+    mesh: bool = True
+    asn: int = DEFAULT_ASN  # the cluster's (BGPConfiguration default)
+    port: int = DEFAULT_PORT
+    peers: list[dict] = field(default_factory=list)  # BGPPeer specs
+
+
+def node_asn(node: NodeInfo, setup: BgpSetup) -> int:
+    return node.asn if node.asn is not None else setup.asn
+
+
+def plan_peers(me: NodeInfo, nodes: Mapping[str, NodeInfo], setup: BgpSetup) -> list[Peer]:
+    """Every BGP session `me` holds, once per address (a mesh session wins over the same
+    node named again by a BGPPeer)."""
+    found: dict[ipaddress.IPv4Address, Peer] = {}
+    others = [n for name, n in sorted(nodes.items()) if name != me.name]
+    if setup.mesh:
+        for node in others:
+            found[node.public_ip] = Peer(MESH, node.public_ip, node_asn(node, setup),
+                                         passive=int(me.public_ip) > int(node.public_ip))
+    for spec in setup.peers:
+        options = {"password": spec.get("password", ""),
+                   "keepalive": spec.get("keepaliveTime")}
+        if "peerIP" in spec:
+            if _applies_to(spec, me):
+                address = ipaddress.IPv4Address(spec["peerIP"])
+                kind = GLOBAL if "node" not in spec and "nodeSelector" not in spec else NODE
+                found.setdefault(address, Peer(kind, address, spec["asNumber"], **options))
+            continue
+        # Peering between nodes is mutual: `me` peers the nodes its selector picks, and
+        # the nodes whose BGPPeer picks `me` (a route reflector and its clients).
+        chosen = selector.parse(spec["peerSelector"])
+        picks_me = chosen.matches(me.labels)
+        for other in others:
+            if other.public_ip in found:
+                continue
+            if (_applies_to(spec, me) and chosen.matches(other.labels)) or (
+                    picks_me and _applies_to(spec, other)):
+                found[other.public_ip] = Peer(
+                    NODE, other.public_ip, spec.get("asNumber", node_asn(other, setup)),
+                    passive=int(me.public_ip) > int(other.public_ip),
+                    rr_client=bool(me.rr_cluster_id)
+                    and other.rr_cluster_id != me.rr_cluster_id, **options)
+    return sorted(found.values(), key=lambda p: int(p.address))
+
+
+def _applies_to(spec: dict, me: NodeInfo) -> bool:
+    if "node" in spec:
+        return spec["node"] == me.name
+    if spec.get("nodeSelector"):
+        return selector.parse(spec["nodeSelector"]).matches(me.labels)
+    return True  # global
+
+
+def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
+                       pools: list[ipaddress.IPv4Network],
+                       own_blocks: list[ipaddress.IPv4Network]) -> str:
+    asn = node_asn(me, setup)
+    lines = [
+        f"# BIRD 2 configuration of node {me.name}, rendered by the gingham agent from the",
+        "# datastore; it is rewritten on every change, so edit the datastore instead.",
+        f"router id {me.public_ip};",
+        "",
+        "protocol device { scan time 2; }",
+        "",
+        "# Connected routes, for resolving BGP next hops; not pods' or tunnels' interfaces.",
+        "protocol direct {",
+        "  ipv4;",
+        f"  interface {', '.join('-' + n for n in NOT_DIRECT)}, \"*\";",
+        "}",
+        "",
+        "protocol kernel {",
+        "  learn;            # routes others put in the kernel (the pods' own /32s)",
+        "  persist;          # routes stay in the kernel when BIRD stops",
+        "  scan time 2;",
+        "  graceful restart;",
+        "  merge paths on;",
+        "  ipv4 { import all; export filter gingham_kernel; };",
+        "}",
+        "",
+        "# Each affine block as a blackhole: announced to peers, an unheld address dropped.",
+        "protocol static gingham_blocks {",
+        "  ipv4;",
+        *(f"  route {block} blackhole;" for block in own_blocks),
+        "}",
+        "",
+        "filter gingham_kernel {",
+        "  if source = RTS_DEVICE then reject;",
+        "  accept;",
+        "}",
+        "",
+        "filter gingham_export {",
+        *(f"  if net = {block} then accept;" for block in own_blocks),
+        *(f"  if net ~ {block} then reject;  # this node's pods: the block covers them"
+          for block in own_blocks),
+        *(f"  if net ~ {pool} then accept;" for pool in pools),
+        "  reject;",
+        "}",
+        "",
+        "template bgp gingham_peer {",
+        f"  local {me.public_ip} as {asn};",
+        *([f"  local port {setup.port};"] if setup.port != DEFAULT_PORT else []),
+        "  graceful restart;",
+        "  connect delay time 2;",
+        "  connect retry time 5;",
+        "  error wait time 5, 30;",
+        "  ipv4 { import all; export filter gingham_export; gateway recursive; };",
+        "}",
+    ]
+    for peer in peers:
+        lines += ["", f"protocol bgp {peer.protocol} from gingham_peer {{",
+                  f"  description \"{PEER_TYPES[peer.kind]}\";",
+                  f"  neighbor {peer.address} as {peer.asn};"]
+        if peer.passive:
+            lines.append("  passive on;")
+        if peer.rr_client:
+            lines += ["  rr client;", f"  rr cluster id {me.rr_cluster_id};"]
+        if peer.password:
+            lines.append(f"  password \"{peer.password}\";")
+        if peer.keepalive is not None:
+            lines.append(f"  keepalive time {peer.keepalive};")
+        lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""Who a node peers with and what its BIRD 2 configuration says: the mesh, route reflectors
+as the seeds set them up, BGPPeer resources; only pool routes announced."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from gingham.calico.bird_config import BgpSetup, Peer, plan_peers, render_bird_config
+from gingham.subnet.lease import NodeInfo
+
+pytestmark = pytest.mark.unit
+A, N = ipaddress.IPv4Address, ipaddress.IPv4Network
+
+
+def node(name: str, ip: str, **kw) -> NodeInfo:
+    return NodeInfo(name, A(ip), **kw)
+
+
+NODES = {n.name: n for n in (node("node1", "192.168.50.11"), node("node2", "192.168.50.12"),
+                             node("node3", "192.168.50.13"))}
+
+
+def test_the_mesh_peers_every_other_node_and_the_greater_address_waits():
+    peers = plan_peers(NODES["node2"], NODES, BgpSetup())
+    assert peers == [Peer("Mesh", A("192.168.50.11"), 64512, passive=True),
+                     Peer("Mesh", A("192.168.50.13"), 64512, passive=False)]
+    assert peers[0].protocol == "Mesh_192_168_50_11"
+
+
+def test_route_reflectors_as_the_seeds_set_them_up():
+    rr = {"route-reflector": "true"}
+    nodes = {**NODES,
+             "node1": node("node1", "192.168.50.11", labels=rr, rr_cluster_id="244.0.0.1"),
+             "node2": node("node2", "192.168.50.12", labels=rr, rr_cluster_id="244.0.0.1")}
+    setup = BgpSetup(mesh=False, peers=[{"nodeSelector": "all()",
+                                         "peerSelector": "route-reflector == 'true'"}])
+    client = plan_peers(nodes["node3"], nodes, setup)
+    assert [(p.kind, str(p.address), p.rr_client) for p in client] == [
+        ("Node", "192.168.50.11", False), ("Node", "192.168.50.12", False)]
+    reflector = plan_peers(nodes["node1"], nodes, setup)
+    # node1 peers the other reflector as an equal (same cluster ID) and node3, whose
+    # BGPPeer picks node1, as its client
+    assert [(str(p.address), p.rr_client) for p in reflector] == [
+        ("192.168.50.12", False), ("192.168.50.13", True)]
+    text = render_bird_config(nodes["node1"], setup, reflector, [N("10.244.0.0/16")], [])
+    assert "neighbor 192.168.50.13 as 64512;\n  passive on;\n  rr client;\n" \
+           "  rr cluster id 244.0.0.1;" not in text  # node1 < node3: node1 connects
+    assert "neighbor 192.168.50.13 as 64512;\n  rr client;\n  rr cluster id 244.0.0.1;" in text
+
+
+def test_bgp_peers_by_ip_node_and_selector():
+    setup = BgpSetup(mesh=False, asn=64600, peers=[
+        {"peerIP": "192.168.50.1", "asNumber": 65000},  # global: every node
+        {"peerIP": "192.168.60.1", "asNumber": 65001, "node": "node3"},
+        {"peerIP": "192.168.70.1", "asNumber": 65002, "nodeSelector": "rack == 'b'",
+         "password": "s3cret", "keepaliveTime": 10}])
+    mine = plan_peers(NODES["node1"], NODES, setup)
+    assert [(p.kind, str(p.address), p.asn) for p in mine] == [("Global", "192.168.50.1", 65000)]
+    three = plan_peers(node("node3", "192.168.50.13", labels={"rack": "b"}), NODES, setup)
+    assert [p.protocol for p in three] == ["Global_192_168_50_1", "Node_192_168_60_1",
+                                           "Node_192_168_70_1"]
+    assert three[2].password == "s3cret" and three[2].keepalive == 10
+
+
+def test_the_config_announces_blocks_not_their_pods():
+    me = node("node1", "192.168.50.11", asn=64513)
+    text = render_bird_config(me, BgpSetup(), plan_peers(me, {**NODES, "node1": me},
+                                                         BgpSetup()),
+                              [N("10.244.0.0/16")], [N("10.244.0.0/26"), N("10.244.0.64/26")])
+    assert "router id 192.168.50.11;" in text
+    assert "  route 10.244.0.0/26 blackhole;\n  route 10.244.0.64/26 blackhole;" in text
+    assert text.index("if net = 10.244.0.0/26 then accept;") < text.index(
+        "if net ~ 10.244.0.0/26 then reject;") < text.index("if net ~ 10.244.0.0/16 then accept;")
+    assert "local 192.168.50.11 as 64513;" in text
+    assert 'protocol bgp Mesh_192_168_50_12 from gingham_peer {\n  description ' \
+           '"node-to-node mesh";\n  neighbor 192.168.50.12 as 64512;\n}' in text
+    assert 'interface -"cali*"' in text and "learn;" in text and "graceful restart;" in text
