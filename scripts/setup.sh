@@ -8,6 +8,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping nftables libnftables1 iptables iperf3 socat
   containernetworking-plugins procps python3 python3-venv etcd-server openssl tcpdump
   gcc libc6-dev python3-dev  # the userspace tunnels' C loops (setup.py)
+  bird2 frr  # Calico mode: BIRD on every node, FRR as a top-of-rack router
 )
 
 missing=()

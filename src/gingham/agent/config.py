@@ -42,6 +42,7 @@ class AgentConfig:
     ip_masq: bool = True
     workers: int = 8
     mode: str = "flannel"  # or calico: the cluster mode this agent runs (calico/kinds.py)
+    bgp: bool = False  # calico: BIRD announces and learns the blocks (calico/bird.py)
 
     def __post_init__(self) -> None:
         check_node_name(self.node_name)

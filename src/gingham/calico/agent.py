@@ -19,9 +19,19 @@ from gingham.agent.datastore_health import DatastoreHealth
 from gingham.agent.node import detect_uplink
 from gingham.agent.server import PluginServer
 from gingham.agent.status import AgentStatus, StatusFile
+from gingham.calico.bird import BirdManager, BirdProcess
 from gingham.calico.block_routes import BlockRoutes
 from gingham.calico.cni_service import CalicoCniService
-from gingham.calico.kinds import BlockKind, NodeKind, PoolKind, cluster_key, decode_mode
+from gingham.calico.kinds import (
+    BGP_CONFIGS,
+    BGP_PEERS,
+    BlockKind,
+    NodeKind,
+    PoolKind,
+    ResourceDocumentKind,
+    cluster_key,
+    decode_mode,
+)
 from gingham.calico.nat_outgoing import NatOutgoing
 from gingham.calico.pools import DEFAULT_POOL, default_pool
 from gingham.dataplane import sysctl
@@ -55,6 +65,7 @@ class CalicoAgent:
         self.server: PluginServer | None = None
         self.loop: ReconcileLoop | None = None
         self.informers: list[Informer] = []
+        self.bird: BirdProcess | None = None
 
     def run(self) -> None:
         uplink = detect_uplink(self.config)
@@ -82,10 +93,16 @@ class CalicoAgent:
         # Sets before routes, as in Flannel mode: the masquerade exceptions for a new node
         # are in place before its pods are routed.
         routes = BlockRoutes(self.config.node_name, uplink, self.status, ipam,
-                             lambda: self.config.labels)
-        self.loop = ReconcileLoop([NatOutgoing(), routes], self._report)
-        self.informers = [Informer(store, kind(prefix), self.loop.deliver)
-                          for kind in (PoolKind, NodeKind, BlockKind)]
+                             lambda: self.config.labels, bgp=self.config.bgp)
+        managers: list = [NatOutgoing(), routes]
+        kinds: list = [PoolKind(prefix), NodeKind(prefix), BlockKind(prefix)]
+        if self.config.bgp:
+            self.bird = BirdProcess(self.config.run_dir, self._wake)
+            managers.append(BirdManager(self.config.node_name, self.bird))
+            kinds += [ResourceDocumentKind(prefix, BGP_CONFIGS),
+                      ResourceDocumentKind(prefix, BGP_PEERS)]
+        self.loop = ReconcileLoop(managers, self._report)
+        self.informers = [Informer(store, kind, self.loop.deliver) for kind in kinds]
         self.loop.start()
         for informer in self.informers:
             informer.start()
@@ -138,6 +155,10 @@ class CalicoAgent:
         return max((size for p in pools for mode, size in OVERHEAD.items()
                     if p.spec[mode] != "Never"), default=0)
 
+    def _wake(self) -> None:
+        if self.loop is not None:
+            self.loop.wake()
+
     def _report(self, problems: list[str]) -> None:
         for problem in problems:
             if problem not in self.status.status.problems:
@@ -148,6 +169,8 @@ class CalicoAgent:
         """Stop serving and watching; routes and pods stay for the next agent."""
         self.stopping.set()
         stop_all(self.informers, self.loop, self.server)
+        if self.bird is not None:
+            self.bird.stop()  # the kernel keeps its routes (persist); peers time them out
         self.health.stop()
         if self.store is not None:
             self.store.close()

@@ -30,8 +30,9 @@ class BlockRoutes(WholePictureManager):
     kinds = (BLOCKS, NODES, POOLS)
 
     def __init__(self, node: str, uplink: Uplink, status: StatusFile, ipam: BlockIpam,
-                 labels: Callable[[], Mapping[str, str]]) -> None:
+                 labels: Callable[[], Mapping[str, str]], bgp: bool = False) -> None:
         super().__init__()
+        self.bgp = bgp  # BIRD carries the unencapsulated pools' routes (calico/bird.py)
         self.node = node
         self.uplink = uplink
         self.status = status
@@ -59,7 +60,7 @@ class BlockRoutes(WholePictureManager):
             self.vxlan.publish(blocks, nodes.get(self.node))
         ipip = self._device("ipipMode", wants(pools, "ipipMode"),
                             lambda: self.ipip.up(blocks), lambda: self.ipip.down(blocks))
-        plan = plan_routes(self.node, blocks, nodes, pools, self.uplink, vtep, ipip)
+        plan = plan_routes(self.node, blocks, nodes, pools, self.uplink, vtep, ipip, self.bgp)
         if (plan, vtep, ipip) != self._applied or self._resync:
             self._write(plan, vtep)
             self._applied, self._resync = (plan, vtep, ipip), False

@@ -77,3 +77,25 @@ class PoolKind:
 
     def decode(self, kv: KeyValue) -> Pool:
         return Pool.of(decode_stored(KINDS["IPPool"], kv.key, kv.value))
+
+
+BGP_CONFIGS, BGP_PEERS = "bgpconfigurations", "bgppeers"
+
+
+@dataclass(frozen=True)
+class ResourceDocumentKind:
+    """A kind of resource stored as its own document (BGPConfiguration, BGPPeer...)."""
+
+    root: str
+    name: str  # the resource kind's plural
+
+    @property
+    def resource_kind(self):
+        return next(k for k in KINDS.values() if k.plural == self.name)
+
+    @property
+    def prefix(self) -> str:
+        return self.resource_kind.folder(self.root)
+
+    def decode(self, kv: KeyValue):
+        return decode_stored(self.resource_kind, kv.key, kv.value)

@@ -55,9 +55,11 @@ def wants(pools: list[Pool], mode: str) -> bool:
 
 def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
                 nodes: Mapping[str, NodeInfo], pools: list[Pool], uplink: Uplink,
-                vtep: int | None = None, ipip: int | None = None) -> RoutePlan:
+                vtep: int | None = None, ipip: int | None = None,
+                bgp: bool = False) -> RoutePlan:
     """`vtep`, `ipip`: the indexes of this node's vxlan.calico and IPIP device, when it
-    has them."""
+    has them. `bgp`: BIRD announces and learns what is not encapsulated (calico/bird.py),
+    so those routes and this node's blackholes are its, not these."""
     plan = RoutePlan()
 
     def via(name: str, dst: ipaddress.IPv4Network, pool: Pool) -> None:
@@ -67,6 +69,8 @@ def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
             return
         same_subnet = node.public_ip in uplink.address.network
         if not encapsulates(pool, same_subnet):
+            if bgp:
+                return  # BIRD's
             if same_subnet:
                 plan.routes.add(RouteIntent(dst, node.public_ip, uplink.index))
             else:
@@ -94,7 +98,8 @@ def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
             continue  # a block outside every pool (`ipam check` says so)
         owner = block.node
         if owner == me:
-            plan.routes.add(RouteIntent(cidr, None, 0, blackhole=True))
+            if not bgp or encapsulates(pool, same_subnet=True):
+                plan.routes.add(RouteIntent(cidr, None, 0, blackhole=True))
         elif owner is not None:
             via(owner, cidr, pool)
         for address, attrs in block.holders():

@@ -73,6 +73,9 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
 @click.option("--node-name", required=True, help="This node's name.")
 @click.option("--mode", type=click.Choice(["flannel", "calico"]), default="flannel",
               show_default=True, help="The cluster mode (the datastore's must match).")
+@click.option("--bgp/--no-bgp", default=False, show_default=True,
+              help="Calico mode: run BIRD, which announces this node's blocks and learns "
+                   "the others' (else routes come from the datastore).")
 @click.option("--subnet", "pod_subnet", type=Network(),
               help="Static pod subnet (no datastore), e.g. 10.244.1.0/24.")
 @click.option("--cluster-cidr", type=Network(),

@@ -149,11 +149,13 @@ def lab() -> None:
               help="calico: the default pool's encapsulation (default none).")
 @click.option("--cross-subnet", is_flag=True,
               help="calico: encapsulate only between nodes on different subnets.")
+@click.option("--bgp", type=click.Choice(["on", "off"]), default=None,
+              help="calico: every node runs BIRD and routes come by BGP (default off).")
 @click.pass_context
 def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | None,
        pod_cidr: ipaddress.IPv4Network, datastore: str, backend: str,
        backend_options: dict, ip_masq: bool, mode: str, encap: str | None,
-       cross_subnet: bool) -> None:
+       cross_subnet: bool, bgp: str | None) -> None:
     """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
@@ -166,8 +168,8 @@ def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | Non
                                    "mode takes --encap and --cross-subnet")
         if cross_subnet and encap in (None, "none"):
             raise click.UsageError("--cross-subnet needs --encap vxlan or ipip")
-    elif encap is not None or cross_subnet:
-        raise click.UsageError("--encap and --cross-subnet are for --mode calico")
+    elif encap is not None or cross_subnet or bgp is not None:
+        raise click.UsageError("--encap, --cross-subnet and --bgp are for --mode calico")
 
     if topology_file is None:
         plan = LabPlan.single_segment(lab, nodes or 1, pod_cidr, datastore=datastore,
@@ -179,7 +181,7 @@ def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | Non
                                      datastore=datastore, backend=backend,
                                      backend_options=backend_options)
     plan = dataclasses.replace(plan, ip_masq=ip_masq, mode=mode, encap=encap or "none",
-                               cross_subnet=cross_subnet)
+                               cross_subnet=cross_subnet, bgp=bgp == "on")
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
     for router in plan.routers:
@@ -217,7 +219,8 @@ def status(lab: str, as_json: bool) -> None:
     nodes = cluster.node_reports(files, record)
     if as_json:
         # A Flannel lab's status keeps its keys; a Calico lab's says how it routes.
-        mode = {"mode": plan.mode, "encap": plan.encap, "crossSubnet": plan.cross_subnet} \
+        mode = {"mode": plan.mode, "encap": plan.encap, "crossSubnet": plan.cross_subnet,
+                "bgp": plan.bgp} \
             if plan.mode == "calico" else {}
         click.echo(json.dumps({"name": lab, "podCidr": str(plan.pod_cidr),
                                "datastore": plan.datastore, "backend": plan.backend, **mode,

@@ -84,6 +84,7 @@ def plan_of(record: LabRecord) -> LabPlan:
         mode=p.get("mode", "flannel"),  # labs recorded before modes were Flannel's
         encap=p.get("encap", "none"),
         cross_subnet=p.get("cross_subnet", False),
+        bgp=p.get("bgp", False),
     )
 
 
@@ -100,6 +101,7 @@ def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
         sys.executable, "-m", "gingham.cli.main", "agent",
         "--node-name", node.name,
         "--mode", record.plan.get("mode", "flannel"),
+        *(["--bgp"] if record.plan.get("bgp") else []),
         *control.agent_store_args(record),
         "--prefer-subnet", str(node.pod_subnet),
         "--ip-masq" if record.plan.get("ip_masq", True) else "--no-ip-masq",

@@ -76,6 +76,11 @@ class ReconcileLoop:
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """From any thread: run a turn now (a manager's own state changed, e.g. a process
+        it runs exited)."""
+        self._updates.put(None)
+
     def stop(self) -> None:
         self.stopping.set()
         self._updates.put(None)

@@ -1,0 +1,148 @@
+"""BIRD on a Calico-mode node: the agent renders its config from the datastore
+(calico/bird_config.py), runs BIRD 2 in the node's network namespace, and reloads it with
+`birdc configure` when the config changes (sessions whose settings did not change stay up).
+A config BIRD rejects is not installed: the previous one stays in force, and the reason is
+a problem in the node's status. BIRD that exits is started again at the next apply, with
+a backoff; the kernel's routes stay meanwhile (`persist`)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gingham.calico.bird_config import DEFAULT_ASN, DEFAULT_PORT, BgpSetup, plan_peers
+from gingham.calico.bird_config import render_bird_config as render
+from gingham.calico.kinds import BGP_CONFIGS, BGP_PEERS, BLOCKS, NODES, POOLS
+from gingham.calico.route_plan import encapsulates
+from gingham.ipam.block_ipam import Pool
+from gingham.ipam.blocks import Block
+from gingham.model.files import write_atomically
+from gingham.resources.document import Resource
+from gingham.subnet.lease import NodeInfo
+from gingham.sync.whole import WholePictureManager
+
+log = logging.getLogger("gingham.calico.bird")
+RESTART_MIN, RESTART_MAX = 1.0, 30.0
+
+
+class BirdProcess:
+    def __init__(self, run_dir: Path, wake: Callable[[], None] = lambda: None) -> None:
+        self.wake = wake  # called when BIRD exits, and when a restart is due
+        self.config = run_dir / "bird.conf"
+        self.control = run_dir / "bird.ctl"
+        self.log = run_dir / "bird.log"
+        self.proc: subprocess.Popen | None = None
+        self._delay = 0.0
+        self._next_start = 0.0
+        self._waiting = False  # an exited BIRD waits out its backoff
+
+    def apply(self, text: str) -> list[str]:
+        """Make BIRD run `text`; the problems standing."""
+        if shutil.which("bird") is None or shutil.which("birdc") is None:
+            return ["BIRD is not installed (Debian package bird2): no BGP on this node"]
+        changed = not self.config.exists() or self.config.read_text() != text
+        if changed:
+            trial = self.config.with_name("bird.conf.new")
+            write_atomically(trial, text)
+            check = subprocess.run(["bird", "-p", "-c", str(trial)], capture_output=True,
+                                   text=True, timeout=30)
+            if check.returncode != 0:
+                return [f"BIRD rejects the new config ({check.stderr.strip()}); the previous "
+                        "one stays in force"]
+            trial.replace(self.config)
+        if self.proc is None or self.proc.poll() is not None:
+            return self._start()
+        if changed:
+            reload = subprocess.run(["birdc", "-s", str(self.control), "configure"],
+                                    capture_output=True, text=True, timeout=30)
+            if "Reconfigur" not in reload.stdout:
+                return [f"birdc configure failed: {(reload.stdout or reload.stderr).strip()}"]
+        return []
+
+    def _start(self) -> list[str]:
+        """Start BIRD; one that exited is started again after a backoff (the dead process
+        is kept until then, so `exited` stays true and the loop comes back)."""
+        if self.proc is not None:
+            if not self._waiting:
+                self._waiting = True
+                self._delay = min(max(self._delay * 2, RESTART_MIN), RESTART_MAX)
+                self._next_start = time.monotonic() + self._delay
+                log.warning("BIRD exited (%s); starting it again in %.0f s",
+                            self.proc.returncode, self._delay)
+            wait = self._next_start - time.monotonic()
+            if wait > 0:
+                timer = threading.Timer(wait, self.wake)
+                timer.daemon = True
+                timer.start()
+                return [f"BIRD exited ({self.proc.returncode}); starting it again in "
+                        f"{wait:.0f} s"]
+        self._waiting = False
+        with open(self.log, "ab") as out:
+            # setpriv --pdeathsig: BIRD gets a SIGTERM when the agent's thread that started
+            # it dies, however it dies, so no BIRD outlives its agent.
+            self.proc = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "TERM", "bird", "-f", "-c", str(self.config),
+                 "-s", str(self.control)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        log.info("BIRD started (pid %d), config %s", self.proc.pid, self.config)
+        proc = self.proc
+        threading.Thread(target=lambda: (proc.wait(), self.wake()), name="bird-watch",
+                         daemon=True).start()
+        return []
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class BirdManager(WholePictureManager):
+    """Renders this node's BIRD config from what it holds and hands it to BIRD."""
+
+    name = "bird"
+    kinds = (NODES, BLOCKS, POOLS, BGP_CONFIGS, BGP_PEERS)
+
+    def __init__(self, node: str, bird: BirdProcess) -> None:
+        super().__init__()
+        self.node = node
+        self.bird = bird
+
+    def setup(self) -> BgpSetup:
+        configs = {r.name: r for r in self.of(BGP_CONFIGS, Resource)}
+        default = configs.get("default")
+        spec = default.spec if default else {}
+        return BgpSetup(mesh=spec.get("nodeToNodeMeshEnabled", True),
+                        asn=spec.get("asNumber", DEFAULT_ASN),
+                        port=spec.get("listenPort", DEFAULT_PORT),
+                        peers=[r.spec for r in self.of(BGP_PEERS, Resource)])
+
+    def dirty(self) -> bool:
+        return super().dirty() or (self._listed == set(self.kinds) and self.bird.exited())
+
+    def apply_whole(self) -> list[str]:
+        nodes = {n.name: n for n in self.of(NODES, NodeInfo)}
+        me = nodes.get(self.node)
+        if me is None:
+            return [f"no node record for {self.node} yet: BIRD not configured"]
+        setup = self.setup()
+        pools = [p for p in self.of(POOLS, Pool) if not p.spec["disabled"]]
+        own = sorted(b.cidr for b in self.of(BLOCKS, Block) if b.node == self.node)
+        # Encapsulated pools are routed by the tunnels (calico/tunnels.py), not by BIRD.
+        plain = [p.cidr for p in pools if not encapsulates(p, same_subnet=True)]
+        text = render(me, setup, plan_peers(me, nodes, setup), sorted(plain),
+                      [b for b in own if any(b.subnet_of(c) for c in plain)])
+        return self.bird.apply(text)
+
