@@ -44,7 +44,7 @@ def learned(lab, node: str) -> dict[str, str]:
 
 def test_blocks_are_learned_by_bgp_in_the_seeds_shape(mesh):
     lab, ips = mesh
-    assert eventually(lambda: len(learned(lab, "node1")) == 3)
+    assert eventually(lambda: all(len(learned(lab, n)) == 3 for n in ips))  # every node
     got = learned(lab, "node1")
     assert sorted(got.values()) == ["192.168.50.12", "192.168.50.13", "blackhole"]
     assert not [r for r in routes(lab, "node1") if r.get("protocol") == "80"]
@@ -64,3 +64,62 @@ def test_bird_that_dies_is_started_again_and_routes_stay(mesh):
                       and bird_pid(lab, "node2") != before)
     assert eventually(lambda: len(learned(lab, "node1")) == 3 and len(learned(lab, "node2")) == 3)
     assert lab.pings("default/p-node1", ips["node2"])
+
+
+def test_node_status_reads_like_calicoctl(mesh, cli):
+    lab, _ = mesh
+    assert eventually(lambda: cli("--lab", lab.name, "node", "status", "--node", "node1")
+                      .stdout.count("Established") == 2)
+    text = cli("--lab", lab.name, "node", "status", "--node", "node1").stdout
+    assert text.startswith("Calico process is running.\n\nIPv4 BGP status\n+")
+    assert "| PEER ADDRESS |" in text.replace("  PEER ADDRESS ", " PEER ADDRESS ")
+    assert "| 192.168.50.12 | node-to-node mesh | up    |" in text
+    assert text.endswith("IPv6 BGP status\nNo IPv6 peers found.\n")
+    shown = json.loads(cli("--lab", lab.name, "node", "status", "--node", "node3",
+                           "-o", "json").stdout)
+    assert [p["peerAddress"] for p in shown["ipv4Peers"]] == ["192.168.50.11",
+                                                              "192.168.50.12"]
+
+
+RR = """
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false, asNumber: 64512}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node1
+  labels: {route-reflector: "true"}
+spec:
+  bgp: {ipv4Address: 192.168.50.11/24, routeReflectorClusterID: 244.0.0.1}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: peer-with-route-reflectors}
+spec: {nodeSelector: all(), peerSelector: "route-reflector == 'true'"}
+"""
+
+
+def test_route_reflectors_as_the_seeds_set_them_up(make_lab, cli, tmp_path):
+    lab = make_lab(3, via_cli=True, cli_args=("--mode", "calico", "--bgp", "on"))
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
+    (tmp_path / "rr.yaml").write_text(RR)
+    assert cli("--lab", lab.name, "apply", "-f", str(tmp_path / "rr.yaml")).stdout.strip() \
+        == "Successfully applied 3 resource(s)"
+    status = lambda n: cli("--lab", lab.name, "node", "status", "--node", n).stdout  # noqa: E731
+    # the clients peer only with the reflector; it reflects their blocks to each other
+    assert eventually(lambda: status("node2").count("node specific") == 1
+                      and status("node1").count("Established") == 2)
+    assert "192.168.50.11 | node specific" in status("node3")
+    assert eventually(lambda: learned(lab, "node2").get(
+        next(r["dst"] for r in routes(lab, "node3") if r.get("type") == "blackhole"))
+        == "192.168.50.13")  # node3's block, next hop node3 itself, learned through node1
+    assert lab.pings("default/p-node2", ips["node3"])
+    (tmp_path / "off.yaml").write_text("apiVersion: projectcalico.org/v3\n"
+                                       "kind: BGPConfiguration\nmetadata: {name: default}\n"
+                                       "spec: {nodeToNodeMeshEnabled: false}\n")
+    cli("--lab", lab.name, "apply", "-f", str(tmp_path / "off.yaml"))
+    cli("--lab", lab.name, "delete", "bgppeer", "peer-with-route-reflectors")
+    assert eventually(lambda: "No IPv4 peers found." in status("node2"))
