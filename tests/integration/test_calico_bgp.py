@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -25,9 +26,10 @@ def eventually(check, timeout: float = 15.0) -> bool:
     return check()
 
 
-def bird_pid(lab, node: str) -> int:
+def bird_pid(lab, node: str) -> int | None:
+    """The PID of what listens on TCP 179 in the node (BIRD), None while nothing does."""
     out = lab.run(node, "ss", "-ltnpH", "sport", "= :179").stdout
-    return int(out.split("pid=")[1].split(",")[0])
+    return int(out.split("pid=")[1].split(",")[0]) if "pid=" in out else None
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,7 @@ def test_bird_that_dies_is_started_again_and_routes_stay(mesh):
     os.kill(before, signal.SIGKILL)
     # persist: node2's kernel keeps what BIRD had programmed meanwhile
     assert learned(lab, "node2")
-    assert eventually(lambda: lab.run("node2", "ss", "-ltnpH", "sport", "= :179").stdout
-                      and bird_pid(lab, "node2") != before)
+    assert eventually(lambda: bird_pid(lab, "node2") not in (None, before))
     assert eventually(lambda: len(learned(lab, "node1")) == 3 and len(learned(lab, "node2")) == 3)
     assert lab.pings("default/p-node1", ips["node2"])
 
@@ -123,3 +124,37 @@ def test_route_reflectors_as_the_seeds_set_them_up(make_lab, cli, tmp_path):
     cli("--lab", lab.name, "apply", "-f", str(tmp_path / "off.yaml"))
     cli("--lab", lab.name, "delete", "bgppeer", "peer-with-route-reflectors")
     assert eventually(lambda: "No IPv4 peers found." in status("node2"))
+
+
+def test_restarting_the_agent_or_bird_withdraws_no_route_and_drops_no_packet(make_lab):
+    from gingham.lab import cluster
+
+    lab = make_lab(2, via_cli=True, cli_args=("--mode", "calico", "--bgp", "on"))
+    a = lab.add_pod("node1", "default/a").ip
+    lab.add_pod("node2", "default/b")
+    assert eventually(lambda: len(learned(lab, "node2")) == 2)
+    block = next(d for d, via in learned(lab, "node2").items() if via == "192.168.50.11")
+    pinger = lab.popen("default/b", "ping", "-n", "-i", "0.02", "-W", "1", a,
+                       stdout=subprocess.PIPE, text=True)
+    gaps = []
+    try:
+        time.sleep(1)
+        before = bird_pid(lab, "node1")
+        cluster.restart_agent(lab.files, "node1")  # the agent goes and comes back
+        for _ in range(40):
+            gaps += [] if block in learned(lab, "node2") else ["agent restart"]
+            time.sleep(0.05)
+        assert bird_pid(lab, "node1") == before  # taken over, not restarted
+        os.kill(before, signal.SIGKILL)  # BIRD itself dies: started again, peers wait
+        for _ in range(80):
+            gaps += [] if block in learned(lab, "node2") else ["bird restart"]
+            time.sleep(0.05)
+        assert eventually(lambda: bird_pid(lab, "node1") not in (None, before))
+        time.sleep(1)
+    finally:
+        pinger.send_signal(signal.SIGINT)
+        out = pinger.communicate(timeout=10)[0]
+    assert gaps == []
+    sent, received = (int(x.split()[0]) for x in out.split("\n---")[1].splitlines()[1]
+                      .split(", ")[:2])
+    assert sent > 200 and received == sent, out.splitlines()[-2:]

@@ -65,7 +65,6 @@ class CalicoAgent:
         self.server: PluginServer | None = None
         self.loop: ReconcileLoop | None = None
         self.informers: list[Informer] = []
-        self.bird: BirdProcess | None = None
 
     def run(self) -> None:
         uplink = detect_uplink(self.config)
@@ -97,8 +96,8 @@ class CalicoAgent:
         managers: list = [NatOutgoing(), routes]
         kinds: list = [PoolKind(prefix), NodeKind(prefix), BlockKind(prefix)]
         if self.config.bgp:
-            self.bird = BirdProcess(self.config.run_dir, self._wake)
-            managers.append(BirdManager(self.config.node_name, self.bird))
+            bird = BirdProcess(self.config.run_dir, self._wake)
+            managers.append(BirdManager(self.config.node_name, bird))
             kinds += [ResourceDocumentKind(prefix, BGP_CONFIGS),
                       ResourceDocumentKind(prefix, BGP_PEERS)]
         self.loop = ReconcileLoop(managers, self._report)
@@ -169,8 +168,7 @@ class CalicoAgent:
         """Stop serving and watching; routes and pods stay for the next agent."""
         self.stopping.set()
         stop_all(self.informers, self.loop, self.server)
-        if self.bird is not None:
-            self.bird.stop()  # the kernel keeps its routes (persist); peers time them out
+        # BIRD stays (bird.py): the next agent of this node takes it over, no session drops.
         self.health.stop()
         if self.store is not None:
             self.store.close()

@@ -2,12 +2,18 @@
 (calico/bird_config.py), runs BIRD 2 in the node's network namespace, and reloads it with
 `birdc configure` when the config changes (sessions whose settings did not change stay up).
 A config BIRD rejects is not installed: the previous one stays in force, and the reason is
-a problem in the node's status. BIRD that exits is started again at the next apply, with
-a backoff; the kernel's routes stay meanwhile (`persist`)."""
+a problem in the node's status.
+
+BIRD outlives the agent: started in a session of its own, with a pidfile, it is adopted by
+the next agent (a restart or an upgrade of the agent touches no BGP session, so no peer
+withdraws a route). BIRD that exits is started again, with a backoff; the kernel keeps its
+routes meanwhile (`persist`) and the peers theirs (graceful restart)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import shutil
 import subprocess
 import threading
@@ -30,13 +36,26 @@ log = logging.getLogger("gingham.calico.bird")
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
 
 
+def _is_bird(pid: int) -> bool:
+    """Whether `pid` is a live BIRD: an adopted one that exited may linger as a zombie,
+    since whoever inherited it reaps it when it likes."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    comm, _, rest = stat.partition("(")[2].rpartition(")")
+    return comm == "bird" and rest.split()[0] not in ("Z", "X")
+
+
 class BirdProcess:
     def __init__(self, run_dir: Path, wake: Callable[[], None] = lambda: None) -> None:
         self.wake = wake  # called when BIRD exits, and when a restart is due
         self.config = run_dir / "bird.conf"
         self.control = run_dir / "bird.ctl"
+        self.pidfile = run_dir / "bird.pid"
         self.log = run_dir / "bird.log"
-        self.proc: subprocess.Popen | None = None
+        self.child: subprocess.Popen | None = None  # when this agent started it
+        self.pid: int | None = None  # this agent's child's, or an adopted one's
         self._delay = 0.0
         self._next_start = 0.0
         self._waiting = False  # an exited BIRD waits out its backoff
@@ -55,7 +74,9 @@ class BirdProcess:
                 return [f"BIRD rejects the new config ({check.stderr.strip()}); the previous "
                         "one stays in force"]
             trial.replace(self.config)
-        if self.proc is None or self.proc.poll() is not None:
+        if self.pid is None:
+            self._adopt()
+        if self.pid is None or self.exited():
             return self._start()
         if changed:
             reload = subprocess.run(["birdc", "-s", str(self.control), "configure"],
@@ -64,49 +85,72 @@ class BirdProcess:
                 return [f"birdc configure failed: {(reload.stdout or reload.stderr).strip()}"]
         return []
 
+    def _adopt(self) -> None:
+        """Take over the BIRD an earlier agent of this node left running."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if _is_bird(pid):
+            self.pid = pid
+            self._watch(pid)
+            log.info("BIRD already runs (pid %d): taking it over", pid)
+
+    def exited(self) -> bool:
+        if self.child is not None:
+            return self.child.poll() is not None
+        return self.pid is not None and not _is_bird(self.pid)
+
     def _start(self) -> list[str]:
-        """Start BIRD; one that exited is started again after a backoff (the dead process
-        is kept until then, so `exited` stays true and the loop comes back)."""
-        if self.proc is not None:
+        """Start BIRD; one that exited is started again after a backoff (kept as it was
+        until then, so `exited` stays true and the loop comes back)."""
+        if self.pid is not None:
             if not self._waiting:
                 self._waiting = True
                 self._delay = min(max(self._delay * 2, RESTART_MIN), RESTART_MAX)
                 self._next_start = time.monotonic() + self._delay
-                log.warning("BIRD exited (%s); starting it again in %.0f s",
-                            self.proc.returncode, self._delay)
+                log.warning("BIRD exited; starting it again in %.0f s", self._delay)
             wait = self._next_start - time.monotonic()
             if wait > 0:
                 timer = threading.Timer(wait, self.wake)
                 timer.daemon = True
                 timer.start()
-                return [f"BIRD exited ({self.proc.returncode}); starting it again in "
-                        f"{wait:.0f} s"]
+                return [f"BIRD exited; starting it again in {wait:.0f} s"]
         self._waiting = False
         with open(self.log, "ab") as out:
-            # setpriv --pdeathsig: BIRD gets a SIGTERM when the agent's thread that started
-            # it dies, however it dies, so no BIRD outlives its agent.
-            self.proc = subprocess.Popen(
-                ["setpriv", "--pdeathsig", "TERM", "bird", "-f", "-c", str(self.config),
-                 "-s", str(self.control)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        log.info("BIRD started (pid %d), config %s", self.proc.pid, self.config)
-        proc = self.proc
-        threading.Thread(target=lambda: (proc.wait(), self.wake()), name="bird-watch",
-                         daemon=True).start()
+            # A session of its own: the agent's supervisor signalling the agent, or the
+            # agent exiting, leaves BIRD and its sessions alone. -R: graceful restart
+            # recovery, so a BIRD started again keeps the kernel's routes until it has
+            # relearned them (as calico-node starts it).
+            self.child = subprocess.Popen(
+                ["bird", "-f", "-R", "-c", str(self.config), "-s", str(self.control),
+                 "-P", str(self.pidfile)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        self.pid = self.child.pid
+        log.info("BIRD started (pid %d), config %s", self.pid, self.config)
+        self._watch(self.pid)
         return []
 
-    def exited(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
+    def _watch(self, pid: int) -> None:
+        """Wake the loop when `pid` exits (a pidfd works for a process not our child)."""
+        child = self.child
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        def wait() -> None:
+            if child is not None:
+                child.wait()
+            else:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    self.wake()
+                    return
+                try:
+                    select.select([fd], [], [])
+                finally:
+                    os.close(fd)
+            self.wake()
+
+        threading.Thread(target=wait, name="bird-watch", daemon=True).start()
 
 
 class BirdManager(WholePictureManager):
