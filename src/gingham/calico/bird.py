@@ -25,6 +25,7 @@ from gingham.calico.bird_config import DEFAULT_ASN, DEFAULT_PORT, BgpSetup, plan
 from gingham.calico.bird_config import render_bird_config as render
 from gingham.calico.kinds import BGP_CONFIGS, BGP_PEERS, BLOCKS, NODES, POOLS
 from gingham.calico.route_plan import encapsulates
+from gingham.dataplane import rtmsg
 from gingham.ipam.block_ipam import Pool
 from gingham.ipam.blocks import Block
 from gingham.model.files import write_atomically
@@ -34,6 +35,7 @@ from gingham.sync.whole import WholePictureManager
 
 log = logging.getLogger("gingham.calico.bird")
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
+RTPROT_BIRD = 12
 
 
 def _is_bird(pid: int) -> bool:
@@ -45,6 +47,11 @@ def _is_bird(pid: int) -> bool:
         return False
     comm, _, rest = stat.partition("(")[2].rpartition(")")
     return comm == "bird" and rest.split()[0] not in ("Z", "X")
+
+
+def _kernel_has_bird_routes() -> bool:
+    with rtmsg.rtnl() as rtnl:
+        return any(route.proto == RTPROT_BIRD for route in rtmsg.dump_routes(rtnl))
 
 
 class BirdProcess:
@@ -117,13 +124,15 @@ class BirdProcess:
                 timer.start()
                 return [f"BIRD exited; starting it again in {wait:.0f} s"]
         self._waiting = False
+        # -R, graceful restart recovery, when an earlier BIRD left routes in the kernel:
+        # this one keeps them until it has relearned them (calico-node always passes it;
+        # on a first start it would only hold the kernel back until every peer is up).
+        recover = ["-R"] if self.pid is not None or _kernel_has_bird_routes() else []
         with open(self.log, "ab") as out:
             # A session of its own: the agent's supervisor signalling the agent, or the
-            # agent exiting, leaves BIRD and its sessions alone. -R: graceful restart
-            # recovery, so a BIRD started again keeps the kernel's routes until it has
-            # relearned them (as calico-node starts it).
+            # agent exiting, leaves BIRD and its sessions alone.
             self.child = subprocess.Popen(
-                ["bird", "-f", "-R", "-c", str(self.config), "-s", str(self.control),
+                ["bird", "-f", *recover, "-c", str(self.config), "-s", str(self.control),
                  "-P", str(self.pidfile)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         self.pid = self.child.pid
