@@ -55,13 +55,18 @@ def test_bgp_peers_by_ip_node_and_selector():
         {"peerIP": "192.168.50.1", "asNumber": 65000},  # global: every node
         {"peerIP": "192.168.60.1", "asNumber": 65001, "node": "node3"},
         {"peerIP": "192.168.70.1", "asNumber": 65002, "nodeSelector": "rack == 'b'",
-         "password": "s3cret", "keepaliveTime": 10}])
+         "password": "s3cret", "keepaliveTime": "10s", "keepOriginalNextHop": True}])
     mine = plan_peers(NODES["node1"], NODES, setup)
     assert [(p.kind, str(p.address), p.asn) for p in mine] == [("Global", "192.168.50.1", 65000)]
     three = plan_peers(node("node3", "192.168.50.13", labels={"rack": "b"}), NODES, setup)
     assert [p.protocol for p in three] == ["Global_192_168_50_1", "Node_192_168_60_1",
                                            "Node_192_168_70_1"]
     assert three[2].password == "s3cret" and three[2].keepalive == 10
+    text = render_bird_config(node("node3", "192.168.50.13"),
+                              BgpSetup(mesh=False, port=1179), three, [N("10.244.0.0/16")], [])
+    assert "local 192.168.50.13 port 1179 as 64512;" in text
+    assert "neighbor 192.168.50.1 as 65000;" in text  # a router: its own port
+    assert 'password "s3cret";\n  keepalive time 10;\n  ipv4 { next hop keep; };' in text
 
 
 def test_the_config_announces_blocks_not_their_pods():

@@ -30,6 +30,7 @@ from gingham.ipam.block_ipam import Pool
 from gingham.ipam.blocks import Block
 from gingham.model.files import write_atomically
 from gingham.resources.document import Resource
+from gingham.resources.kinds import seconds
 from gingham.subnet.lease import NodeInfo
 from gingham.sync.whole import WholePictureManager
 
@@ -177,10 +178,12 @@ class BirdManager(WholePictureManager):
         configs = {r.name: r for r in self.of(BGP_CONFIGS, Resource)}
         default = configs.get("default")
         spec = default.spec if default else {}
+        restart = spec.get("nodeMeshMaxRestartTime")
         return BgpSetup(mesh=spec.get("nodeToNodeMeshEnabled", True),
                         asn=spec.get("asNumber", DEFAULT_ASN),
                         port=spec.get("listenPort", DEFAULT_PORT),
-                        peers=[r.spec for r in self.of(BGP_PEERS, Resource)])
+                        peers=[r.spec for r in self.of(BGP_PEERS, Resource)],
+                        mesh_restart_time=seconds(restart) if restart else None)
 
     def dirty(self) -> bool:
         return super().dirty() or (self._listed == set(self.kinds) and self.bird.exited())

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gingham.model import selector
+from gingham.resources.kinds import seconds
 from gingham.subnet.lease import NodeInfo
 
 DEFAULT_ASN = 64512
@@ -37,6 +38,8 @@ class Peer:
     rr_client: bool = False  # this node reflects routes to it
     password: str = ""
     keepalive: int | None = None
+    keep_next_hop: bool = False
+    restart_time: int | None = None  # graceful restart time, s (BIRD's default 120)
 
     @property
     def protocol(self) -> str:
@@ -51,6 +54,7 @@ class BgpSetup:
     asn: int = DEFAULT_ASN  # the cluster's (BGPConfiguration default)
     port: int = DEFAULT_PORT
     peers: list[dict] = field(default_factory=list)  # BGPPeer specs
+    mesh_restart_time: int | None = None  # nodeMeshMaxRestartTime, s
 
 
 def node_asn(node: NodeInfo, setup: BgpSetup) -> int:
@@ -65,10 +69,13 @@ def plan_peers(me: NodeInfo, nodes: Mapping[str, NodeInfo], setup: BgpSetup) -> 
     if setup.mesh:
         for node in others:
             found[node.public_ip] = Peer(MESH, node.public_ip, node_asn(node, setup),
-                                         passive=int(me.public_ip) > int(node.public_ip))
+                                         passive=int(me.public_ip) > int(node.public_ip),
+                                         restart_time=setup.mesh_restart_time)
     for spec in setup.peers:
         options = {"password": spec.get("password", ""),
-                   "keepalive": spec.get("keepaliveTime")}
+                   "keepalive": seconds(spec["keepaliveTime"]) if "keepaliveTime" in spec
+                   else None,
+                   "keep_next_hop": spec.get("keepOriginalNextHop", False)}
         if "peerIP" in spec:
             if _applies_to(spec, me):
                 address = ipaddress.IPv4Address(spec["peerIP"])
@@ -104,6 +111,7 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
                        pools: list[ipaddress.IPv4Network],
                        own_blocks: list[ipaddress.IPv4Network]) -> str:
     asn = node_asn(me, setup)
+    port = f" port {setup.port}" if setup.port != DEFAULT_PORT else ""  # listenPort
     lines = [
         f"# BIRD 2 configuration of node {me.name}, rendered by the gingham agent from the",
         "# datastore; it is rewritten on every change, so edit the datastore instead.",
@@ -150,8 +158,7 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
         "}",
         "",
         "template bgp gingham_peer {",
-        f"  local {me.public_ip} as {asn};",
-        *([f"  local port {setup.port};"] if setup.port != DEFAULT_PORT else []),
+        f"  local {me.public_ip}{port} as {asn};",
         "  graceful restart;",
         "  connect delay time 2;",
         "  connect retry time 5;",
@@ -162,7 +169,9 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
     for peer in peers:
         lines += ["", f"protocol bgp {peer.protocol} from gingham_peer {{",
                   f"  description \"{PEER_TYPES[peer.kind]}\";",
-                  f"  neighbor {peer.address} as {peer.asn};"]
+                  # nodes listen where this one does; other speakers on 179
+                  f"  neighbor {peer.address}{port if peer.kind != GLOBAL else ''} "
+                  f"as {peer.asn};"]
         if peer.passive:
             lines.append("  passive on;")
         if peer.rr_client:
@@ -171,5 +180,9 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
             lines.append(f"  password \"{peer.password}\";")
         if peer.keepalive is not None:
             lines.append(f"  keepalive time {peer.keepalive};")
+        if peer.restart_time is not None:
+            lines.append(f"  graceful restart time {peer.restart_time};")
+        if peer.keep_next_hop:
+            lines.append("  ipv4 { next hop keep; };")
         lines.append("}")
     return "\n".join(lines) + "\n"

@@ -112,8 +112,34 @@ def check_bgp_configuration(fields: Fields) -> dict[str, Any]:
     asn = fields.asn("asNumber")
     if asn is not None:
         spec["asNumber"] = asn
+    port = fields.take("listenPort", int, 179)
+    if not 1 <= port <= 65535:
+        raise fields.fail(f"spec.listenPort {port} is outside 1-65535")
+    spec["listenPort"] = port
+    restart = fields.take("nodeMeshMaxRestartTime", str)
+    if restart is not None:
+        spec["nodeMeshMaxRestartTime"] = duration(fields, "nodeMeshMaxRestartTime", restart)
+    # bfdEnabled is Gingham's: Calico has no BFD (issue 11 notes).
+    spec["bfdEnabled"] = fields.take("bfdEnabled", bool, False)
     fields.done()
     return spec
+
+
+DURATION = re.compile(r"(\d+)(s|m)")
+
+
+def duration(fields: Fields, name: str, text: str) -> str:
+    """A Kubernetes-style duration as Calico takes it: `120s`, `2m`."""
+    found = DURATION.fullmatch(text)
+    if found is None:
+        raise fields.fail(f"spec.{name} {text!r} is not a duration like 120s or 2m")
+    return text
+
+
+def seconds(text: str) -> int:
+    found = DURATION.fullmatch(text)
+    assert found is not None, text
+    return int(found.group(1)) * (60 if found.group(2) == "m" else 1)
 
 
 def check_bgp_peer(fields: Fields) -> dict[str, Any]:
@@ -141,6 +167,19 @@ def check_bgp_peer(fields: Fields) -> dict[str, Any]:
         spec["node"] = node
     if node_selector:
         spec["nodeSelector"] = node_selector
+    password = fields.take("password", (str, dict))
+    if isinstance(password, dict):  # Calico's {secretKeyRef: ...}: no secrets store here
+        raise fields.fail("spec.password: give the password itself (no Kubernetes secrets "
+                          "here)")
+    if password:
+        if '"' in password or "\\" in password:
+            raise fields.fail("spec.password may not hold a quote or a backslash")
+        spec["password"] = password
+    if fields.take("keepOriginalNextHop", bool, False):
+        spec["keepOriginalNextHop"] = True
+    keepalive = fields.take("keepaliveTime", str)
+    if keepalive is not None:
+        spec["keepaliveTime"] = duration(fields, "keepaliveTime", keepalive)
     fields.done()
     return spec
 
