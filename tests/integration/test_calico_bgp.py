@@ -158,3 +158,38 @@ def test_restarting_the_agent_or_bird_withdraws_no_route_and_drops_no_packet(mak
     sent, received = (int(x.split()[0]) for x in out.split("\n---")[1].splitlines()[1]
                       .split(", ")[:2])
     assert sent > 200 and received == sent, out.splitlines()[-2:]
+
+
+def test_bgp_turned_off_leaves_nothing_of_bird(tmp_path):
+    """What an agent without --bgp does first on a node where BIRD ran: it stops that BIRD
+    and takes the routes BIRD left in the kernel (persist) out; others' routes stay."""
+    import secrets
+
+    from gingham.calico.bird import retire
+    from gingham.dataplane import netns
+
+    ns = f"tbo{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    bird = None
+    try:
+        ip = ["ip", "-n", ns]
+        subprocess.run([*ip, "link", "set", "lo", "up"], check=True)
+        subprocess.run([*ip, "route", "add", "blackhole", "10.244.0.0/26", "proto", "bird"],
+                       check=True)
+        subprocess.run([*ip, "route", "add", "blackhole", "10.9.0.0/24", "proto", "static"],
+                       check=True)
+        (tmp_path / "bird.conf").write_text("router id 192.0.2.1;\nprotocol device {}\n")
+        bird = subprocess.Popen(["ip", "netns", "exec", ns, "bird", "-f", "-c",
+                                 str(tmp_path / "bird.conf"), "-s", str(tmp_path / "bird.ctl"),
+                                 "-P", str(tmp_path / "bird.pid")])
+        assert eventually(lambda: (tmp_path / "bird.pid").exists())
+        with netns.entered(f"/run/netns/{ns}"):
+            retire(tmp_path)
+        assert bird.wait(10) is not None
+        left = subprocess.run([*ip, "route", "show"], capture_output=True, text=True).stdout
+        assert "10.244.0.0/26" not in left and "blackhole 10.9.0.0/24 proto static" in left
+    finally:
+        if bird is not None and bird.poll() is None:
+            bird.kill()
+            bird.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

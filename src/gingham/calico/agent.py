@@ -20,6 +20,7 @@ from gingham.agent.node import detect_uplink
 from gingham.agent.server import PluginServer
 from gingham.agent.status import AgentStatus, StatusFile
 from gingham.calico.bird import BirdManager, BirdProcess
+from gingham.calico.bird import retire as retire_bird
 from gingham.calico.block_routes import BlockRoutes
 from gingham.calico.cni_service import CalicoCniService
 from gingham.calico.kinds import (
@@ -95,7 +96,9 @@ class CalicoAgent:
                              lambda: self.config.labels, bgp=self.config.bgp)
         managers: list = [NatOutgoing(), routes]
         kinds: list = [PoolKind(prefix), NodeKind(prefix), BlockKind(prefix)]
-        if self.config.bgp:
+        if not self.config.bgp:
+            retire_bird(self.config.run_dir)
+        else:
             bird = BirdProcess(self.config.run_dir, self._wake)
             managers.append(BirdManager(self.config.node_name, bird))
             kinds += [ResourceDocumentKind(prefix, BGP_CONFIGS),

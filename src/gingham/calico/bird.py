@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -48,6 +49,29 @@ def _is_bird(pid: int) -> bool:
         return False
     comm, _, rest = stat.partition("(")[2].rpartition(")")
     return comm == "bird" and rest.split()[0] not in ("Z", "X")
+
+
+def retire(run_dir: Path) -> None:
+    """BGP is off on this node now: stop the BIRD an earlier agent left running, and take
+    the routes it kept in the kernel (persist) out, so the datastore's routes take over
+    with nothing of BIRD's left."""
+    try:
+        pid = int((run_dir / "bird.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pid = 0
+    if pid and _is_bird(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _is_bird(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.info("BGP is off: stopped BIRD (pid %d)", pid)
+    with rtmsg.rtnl() as rtnl:
+        stale = [r for r in rtmsg.dump_routes(rtnl) if r.proto == RTPROT_BIRD]
+        rtmsg.send(rtnl, [rtmsg.route_message(False, r.dst, r.gateway, r.oif or 0, False,
+                                              r.table, RTPROT_BIRD) for r in stale],
+                   tolerated=rtmsg.GONE)
+    if stale:
+        log.info("BGP is off: removed %d routes BIRD had left", len(stale))
 
 
 def _kernel_has_bird_routes() -> bool:
