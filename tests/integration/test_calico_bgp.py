@@ -17,12 +17,12 @@ def routes(lab, node: str) -> list[dict]:
     return json.loads(lab.run(node, "ip", "-j", "route", "show").stdout)
 
 
-def eventually(check, timeout: float = 15.0) -> bool:
+def eventually(check, timeout: float = 15.0, every: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(0.2)
+        time.sleep(every)
     return check()
 
 
@@ -193,3 +193,26 @@ def test_bgp_turned_off_leaves_nothing_of_bird(tmp_path):
             bird.kill()
             bird.wait()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_with_bfd_a_vanished_node_is_withdrawn_within_a_second(make_lab, cli, tmp_path):
+    lab = make_lab(3, via_cli=True, cli_args=("--mode", "calico", "--bgp", "on"))
+    for n in ("node1", "node2", "node3"):
+        lab.add_pod(n, f"default/p-{n}")
+    (tmp_path / "bfd.yaml").write_text("apiVersion: projectcalico.org/v3\n"
+                                       "kind: BGPConfiguration\nmetadata: {name: default}\n"
+                                       "spec: {bfdEnabled: true}\n")
+    assert cli("--lab", lab.name, "apply", "-f", str(tmp_path / "bfd.yaml")).returncode == 0
+    control = lab.files.node_dir("node1") / "run" / "bird.ctl"
+    sessions = lambda: subprocess.run(["birdc", "-s", str(control), "show", "bfd", "sessions"],  # noqa: E731
+                                      capture_output=True, text=True).stdout
+    assert eventually(lambda: sessions().count(" Up ") == 2)
+    assert eventually(lambda: "192.168.50.13" in learned(lab, "node1").values())
+    port = next(line.split("@")[0] for line in lab.run(
+        "underlay", "ip", "-br", "link").stdout.splitlines() if line.startswith("node3@"))
+    started = time.monotonic()
+    lab.run("underlay", "ip", "link", "set", port, "down")  # node3 falls off the network
+    assert eventually(lambda: "192.168.50.13" not in learned(lab, "node1").values(), 5, 0.02)
+    took = time.monotonic() - started
+    print(f"\nBFD: node3's block withdrawn from node1 after {took:.2f} s")
+    assert took < 1.0

@@ -207,7 +207,8 @@ class BirdManager(WholePictureManager):
                         asn=spec.get("asNumber", DEFAULT_ASN),
                         port=spec.get("listenPort", DEFAULT_PORT),
                         peers=[r.spec for r in self.of(BGP_PEERS, Resource)],
-                        mesh_restart_time=seconds(restart) if restart else None)
+                        mesh_restart_time=seconds(restart) if restart else None,
+                        bfd=spec.get("bfdEnabled", False))
 
     def dirty(self) -> bool:
         return super().dirty() or (self._listed == set(self.kinds) and self.bird.exited())

@@ -55,6 +55,7 @@ class BgpSetup:
     port: int = DEFAULT_PORT
     peers: list[dict] = field(default_factory=list)  # BGPPeer specs
     mesh_restart_time: int | None = None  # nodeMeshMaxRestartTime, s
+    bfd: bool = False  # bfdEnabled (Gingham's): BFD on every session
 
 
 def node_asn(node: NodeInfo, setup: BgpSetup) -> int:
@@ -160,12 +161,18 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
         "template bgp gingham_peer {",
         f"  local {me.public_ip}{port} as {asn};",
         "  graceful restart;",
+        *(["  bfd on;"] if setup.bfd else []),
         "  connect delay time 2;",
         "  connect retry time 5;",
         "  error wait time 5, 30;",
         "  ipv4 { import all; export filter gingham_export; gateway recursive; };",
         "}",
     ]
+    if setup.bfd:
+        # 100 ms x 3: a peer that vanishes is down within 0.3 s, its routes withdrawn.
+        lines += ["", "protocol bfd {",
+                  '  interface "*" { min rx interval 100 ms; min tx interval 100 ms; '
+                  "multiplier 3; };", "}"]
     for peer in peers:
         lines += ["", f"protocol bgp {peer.protocol} from gingham_peer {{",
                   f"  description \"{PEER_TYPES[peer.kind]}\";",

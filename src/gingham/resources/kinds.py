@@ -119,7 +119,7 @@ def check_bgp_configuration(fields: Fields) -> dict[str, Any]:
     restart = fields.take("nodeMeshMaxRestartTime", str)
     if restart is not None:
         spec["nodeMeshMaxRestartTime"] = duration(fields, "nodeMeshMaxRestartTime", restart)
-    # bfdEnabled is Gingham's: Calico has no BFD (issue 11 notes).
+    # bfdEnabled is Gingham's (Calico has none): BFD on every BGP session.
     spec["bfdEnabled"] = fields.take("bfdEnabled", bool, False)
     fields.done()
     return spec
