@@ -216,3 +216,49 @@ def test_with_bfd_a_vanished_node_is_withdrawn_within_a_second(make_lab, cli, tm
     took = time.monotonic() - started
     print(f"\nBFD: node3's block withdrawn from node1 after {took:.2f} s")
     assert took < 1.0
+
+
+TWO_RRS = """
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false, bfdEnabled: true}
+---
+apiVersion: projectcalico.org/v3
+kind: NodeList
+items:
+- apiVersion: projectcalico.org/v3
+  kind: Node
+  metadata: {name: node1, labels: {route-reflector: "true"}}
+  spec: {bgp: {ipv4Address: 192.168.50.11/24, routeReflectorClusterID: 244.0.0.1}}
+- apiVersion: projectcalico.org/v3
+  kind: Node
+  metadata: {name: node2, labels: {route-reflector: "true"}}
+  spec: {bgp: {ipv4Address: 192.168.50.12/24, routeReflectorClusterID: 244.0.0.1}}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: peer-with-route-reflectors}
+spec: {nodeSelector: all(), peerSelector: "route-reflector == 'true'"}
+"""
+
+
+def test_two_route_reflectors_and_losing_one_keeps_every_route(make_lab, cli, tmp_path):
+    lab = make_lab(4, via_cli=True, cli_args=("--mode", "calico", "--bgp", "on"))
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3", "node4")}
+    (tmp_path / "rr.yaml").write_text(TWO_RRS)
+    assert cli("--lab", lab.name, "apply", "-f", str(tmp_path / "rr.yaml")).returncode == 0
+    status = lambda n: cli("--lab", lab.name, "node", "status", "--node", n).stdout  # noqa: E731
+    # each client peers with both reflectors, each reflector with the other and the clients
+    assert eventually(lambda: status("node3").count("Established") == 2
+                      and status("node1").count("Established") == 3)
+    node4_block = next(r["dst"] for r in routes(lab, "node4") if r.get("type") == "blackhole")
+    assert eventually(lambda: learned(lab, "node3").get(node4_block) == "192.168.50.14")
+    port = next(line.split("@")[0] for line in lab.run(
+        "underlay", "ip", "-br", "link").stdout.splitlines() if line.startswith("node1@"))
+    lab.run("underlay", "ip", "link", "set", port, "down")  # reflector node1 is lost
+    assert eventually(lambda: status("node3").count("Established") == 1)
+    time.sleep(1)
+    assert learned(lab, "node3").get(node4_block) == "192.168.50.14"  # through node2
+    assert lab.pings("default/p-node3", ips["node4"])
+    assert lab.pings("default/p-node4", ips["node2"])
