@@ -39,6 +39,13 @@ def mesh(make_module_lab):
     return lab, ips
 
 
+def cut_off(lab, node: str) -> None:
+    """The node falls off the network: its port on the underlay bridge goes down."""
+    port = next(line.split("@")[0] for line in lab.run(
+        "underlay", "ip", "-br", "link").stdout.splitlines() if line.startswith(f"{node}@"))
+    lab.run("underlay", "ip", "link", "set", port, "down")
+
+
 def learned(lab, node: str) -> dict[str, str]:
     return {r["dst"]: r.get("gateway", r.get("type")) for r in routes(lab, node)
             if r.get("protocol") == "bird"}
@@ -208,10 +215,8 @@ def test_with_bfd_a_vanished_node_is_withdrawn_within_a_second(make_lab, cli, tm
                                       capture_output=True, text=True).stdout
     assert eventually(lambda: sessions().count(" Up ") == 2)
     assert eventually(lambda: "192.168.50.13" in learned(lab, "node1").values())
-    port = next(line.split("@")[0] for line in lab.run(
-        "underlay", "ip", "-br", "link").stdout.splitlines() if line.startswith("node3@"))
     started = time.monotonic()
-    lab.run("underlay", "ip", "link", "set", port, "down")  # node3 falls off the network
+    cut_off(lab, "node3")
     assert eventually(lambda: "192.168.50.13" not in learned(lab, "node1").values(), 5, 0.02)
     took = time.monotonic() - started
     print(f"\nBFD: node3's block withdrawn from node1 after {took:.2f} s")
@@ -254,9 +259,7 @@ def test_two_route_reflectors_and_losing_one_keeps_every_route(make_lab, cli, tm
                       and status("node1").count("Established") == 3)
     node4_block = next(r["dst"] for r in routes(lab, "node4") if r.get("type") == "blackhole")
     assert eventually(lambda: learned(lab, "node3").get(node4_block) == "192.168.50.14")
-    port = next(line.split("@")[0] for line in lab.run(
-        "underlay", "ip", "-br", "link").stdout.splitlines() if line.startswith("node1@"))
-    lab.run("underlay", "ip", "link", "set", port, "down")  # reflector node1 is lost
+    cut_off(lab, "node1")  # reflector node1 is lost
     assert eventually(lambda: status("node3").count("Established") == 1)
     time.sleep(1)
     assert learned(lab, "node3").get(node4_block) == "192.168.50.14"  # through node2
