@@ -171,7 +171,8 @@ def lab_factory() -> Iterator:
     def make(nodes: int = 1, *, via_cli: bool = False, cli_args: tuple[str, ...] = (),
              topology: Path | None = None, **kwargs) -> Lab:
         # Plan fields the constructors do not take (Calico mode's), set on the plan made.
-        extra = {k: kwargs.pop(k) for k in ("mode", "encap", "cross_subnet") if k in kwargs}
+        extra = {k: kwargs.pop(k) for k in ("mode", "encap", "cross_subnet", "bgp")
+                 if k in kwargs}
         if topology is not None:
             plan = LabPlan.from_topology(unique_lab_name(),
                                          parse_topology(yaml.safe_load(topology.read_text())),

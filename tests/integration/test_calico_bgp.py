@@ -4,13 +4,17 @@ the agent when it dies."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+
+N = ipaddress.IPv4Network
 
 
 def routes(lab, node: str) -> list[dict]:
@@ -265,3 +269,28 @@ def test_two_route_reflectors_and_losing_one_keeps_every_route(make_lab, cli, tm
     assert learned(lab, "node3").get(node4_block) == "192.168.50.14"  # through node2
     assert lab.pings("default/p-node3", ips["node4"])
     assert lab.pings("default/p-node4", ips["node2"])
+
+
+TOR = Path(__file__).parents[2] / "examples" / "tor-bgp.yaml"
+
+
+def test_a_top_of_rack_router_routes_pods_between_segments_without_a_tunnel(make_lab, cli):
+    from gingham.lab import tor
+
+    lab = make_lab(topology=TOR, mode="calico", bgp=True)
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
+    node3_block = next(N(r["dst"]) for r in routes(lab, "node3")
+                       if r.get("type") == "blackhole")
+    # the seeds' picture: node1 sends node3's pods to its gateway router, no tunnel
+    assert eventually(lambda: learned(lab, "node1").get(str(node3_block)) == "192.168.50.1")
+    assert not [r for r in routes(lab, "node1") if "calico" in r.get("dev", "")]
+    tor_routes = json.loads(lab.run("tor1", "ip", "-j", "route", "show").stdout)
+    assert {"dst": str(node3_block), "gateway": "192.168.60.13", "protocol": "bgp"} in [
+        {k: r.get(k) for k in ("dst", "gateway", "protocol")} for r in tor_routes]
+    summary = tor.show(lab.files, "tor1", "show bgp summary")
+    assert summary.count("64512") >= 3  # an eBGP session with every node
+    for source in ips:
+        for target, ip in ips.items():
+            assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)
+    status = cli("--lab", lab.name, "node", "status", "--node", "node3").stdout
+    assert "192.168.60.1  | node specific" in status

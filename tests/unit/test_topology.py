@@ -103,3 +103,24 @@ def test_segments_cut_off_from_the_external_host_are_named(external, routers, cu
 def test_segments_joined_by_any_path_of_routers_are_accepted():
     topo = parse_topology(chain("d", [["c", "d"], ["a", "b"], ["b", "c"]]))
     assert all(routes_for(topo, n.name).default is not None for n in topo.nodes)
+
+
+def test_a_router_may_speak_bgp_to_the_nodes_it_names():
+    from gingham.lab.plan import LabPlan
+    from gingham.lab.tor import peers_of, render_frr_config
+
+    data = yaml.safe_load((Path(__file__).parents[2] / "examples" / "tor-bgp.yaml")
+                           .read_text())
+    topology = parse_topology(data)
+    (router,) = topology.routers
+    assert (router.bgp_asn, router.bgp_peers) == (65000, ())
+    plan = LabPlan.from_topology("t", topology)
+    assert peers_of(plan, "node3") == [("192.168.60.1", 65000)]
+    conf = render_frr_config(plan, router)
+    assert "router bgp 65000" in conf and " neighbor 192.168.60.13 remote-as 64512" in conf
+    for bad, says in (({"asn": 0}, "AS number"), ({"asn": 65000, "peers": ["node9"]},
+                                                 "bgp peer 'node9'"),
+                      ({"asn": 65000, "color": 1}, "bgp takes asn and peers")):
+        data["routers"][0]["bgp"] = bad
+        with pytest.raises(TopologyError, match=says):
+            parse_topology(data)

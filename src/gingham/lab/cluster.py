@@ -18,7 +18,7 @@ from pathlib import Path
 from gingham.agent.config import CONFLIST_NAME
 from gingham.agent.status import read_status
 from gingham.cni.install import install_plugins
-from gingham.lab import control, procs, underlay
+from gingham.lab import control, procs, tor, underlay
 from gingham.lab.plan import (
     HostPlan,
     LabPlan,
@@ -79,7 +79,8 @@ def plan_of(record: LabRecord) -> LabPlan:
         segments=tuple(SegmentPlan(s["name"], ipaddress.IPv4Network(s["cidr"]))
                        for s in p["segments"]),
         routers=tuple(RouterPlan(r["name"], tuple((seg, ipaddress.IPv4Interface(addr))
-                                                  for seg, addr in r["ports"]))
+                                                  for seg, addr in r["ports"]),
+                                 r.get("bgp_asn"), tuple(r.get("bgp_peers", ())))
                       for r in p["routers"]),
         mode=p.get("mode", "flannel"),  # labs recorded before modes were Flannel's
         encap=p.get("encap", "none"),
@@ -218,6 +219,9 @@ def _build(plan: LabPlan, files: LabFiles, record: LabRecord) -> None:
         underlay.wire_host(plan, host)
     control.start_datastore(plan, files, record)
     control.write_network_config(plan, record)
+    for router in plan.routers:
+        if router.bgp_asn is not None:
+            tor.start(plan, router, files)
     install_plugins(files.bin_dir)
     for node in plan.nodes:
         record.supervisors[node.name] = start_agent(files, record, node)

@@ -12,10 +12,12 @@ from gingham.backends.registry import check_options
 from gingham.calico.kinds import cluster_key, encode_mode
 from gingham.calico.pools import default_pool
 from gingham.dataplane import netns
-from gingham.lab import etcd, procs
+from gingham.lab import etcd, procs, tor
 from gingham.lab.plan import CONTROL, LabPlan, netns_name
 from gingham.lab.state import LabFiles, LabRecord
 from gingham.model.network import parse_network_config
+from gingham.resources.document import split_documents
+from gingham.resources.kinds import CALICO_API, parse_resource
 from gingham.resources.store import APPLY, ResourceStore
 from gingham.store.factory import StoreOptions, open_store
 from gingham.subnet.registry import SubnetRegistry
@@ -74,7 +76,8 @@ def write_network_config(plan: LabPlan, record: LabRecord) -> None:
         with lab_registry(record) as registry:
             registry.store.put(cluster_key(registry.prefix), encode_mode("calico"))
             ResourceStore(registry.store, registry.prefix).write(APPLY, [default_pool(
-                plan.pod_cidr, plan.encap, plan.cross_subnet, plan.ip_masq)])
+                plan.pod_cidr, plan.encap, plan.cross_subnet, plan.ip_masq),
+                *tor_peers(plan)])
         return
     network = parse_network_config({"Network": str(plan.pod_cidr),
                                     "Backend": {**plan.backend_options, "Type": plan.backend}})
@@ -82,6 +85,15 @@ def write_network_config(plan: LabPlan, record: LabRecord) -> None:
     with lab_registry(record) as registry:
         registry.store.put(cluster_key(registry.prefix), encode_mode("flannel"))
         registry.set_config(network)
+
+
+def tor_peers(plan: LabPlan) -> list:
+    """A node-specific BGPPeer from each node to each top-of-rack router it peers."""
+    docs = [{"apiVersion": CALICO_API, "kind": "BGPPeer",
+             "metadata": {"name": f"tor-{node.name}-{address.replace('.', '-')}"},
+             "spec": {"peerIP": address, "asNumber": asn, "node": node.name}}
+            for node in plan.nodes for address, asn in tor.peers_of(plan, node.name)]
+    return [parse_resource(raw) for raw in split_documents(docs, "the lab's ToR peers")]
 
 
 def agent_store_args(record: LabRecord) -> list[str]:

@@ -57,6 +57,10 @@ class SegmentPlan:
 class RouterPlan:
     name: str
     ports: tuple[tuple[str, ipaddress.IPv4Interface], ...]  # (segment, address), eth0.. in order
+    # A top-of-rack BGP speaker (FRR) on the router, peering eBGP with these nodes (all
+    # when empty), for Calico mode with BGP: `bgp: {asn: 65000, peers: [node1, ...]}`.
+    bgp_asn: int | None = None
+    bgp_peers: tuple[str, ...] = ()
 
     def on(self, segment: str) -> ipaddress.IPv4Interface | None:
         return next((addr for seg, addr in self.ports if seg == segment), None)
@@ -99,6 +103,20 @@ def _check_name(kind: str, name: object) -> str:
     return name
 
 
+def _router_bgp(router: str, raw: object) -> tuple[int | None, tuple[str, ...]]:
+    if raw is None:
+        return None, ()
+    if not isinstance(raw, dict) or set(raw) - {"asn", "peers"}:
+        raise TopologyError(f"router {router}: bgp takes asn and peers")
+    asn = raw.get("asn")
+    if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967295:
+        raise TopologyError(f"router {router}: bgp asn must be an AS number, not {asn!r}")
+    peers = raw.get("peers") or []
+    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+        raise TopologyError(f"router {router}: bgp peers is a list of node names")
+    return asn, tuple(peers)
+
+
 def parse_topology(data: object) -> Topology:
     if not isinstance(data, dict):
         raise TopologyError("a topology is a mapping with segments, routers, nodes, external")
@@ -136,8 +154,9 @@ def parse_topology(data: object) -> Topology:
                 any(s not in by_name for s in joined):
             raise TopologyError(f"router {name} must join two or more distinct segments of "
                                 f"{', '.join(by_name)}")
+        asn, peers = _router_bgp(name, raw.get("bgp"))
         routers.append(RouterPlan(name, tuple((s, by_name[s].host(ROUTER_HOST))
-                                              for s in joined)))
+                                              for s in joined), asn, peers))
     nodes = []
     for i, raw in enumerate(data.get("nodes") or [], start=1):
         name = _check_name("node", raw.get("name") if isinstance(raw, dict) else None)
@@ -146,6 +165,11 @@ def parse_topology(data: object) -> Topology:
                                segment.host(FIRST_NODE_HOST + node_index(name, i))))
     if not nodes:
         raise TopologyError("a topology needs at least one node")
+    for router in routers:
+        unknown = set(router.bgp_peers) - {n.name for n in nodes}
+        if unknown:
+            raise TopologyError(f"router {router.name}: bgp peer {sorted(unknown)[0]!r} is "
+                                "not a node of the topology")
     ext_segment = segment_of(data.get("external") or {}, "external")
     topology = Topology(
         segments=tuple(segments),
