@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # `make demo`: a one-node lab with three pods that reach each other, their node and the
-# external host; then how to look inside and how to tear it down.
+# external host; then a 3-node Calico-mode cluster across a router that speaks BGP; then
+# how to look inside and how to tear both down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=.venv/bin/gingham
 LAB=${LAB:-demo}
+CALICO=${CALICO:-calicodemo}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-if [[ -e /run/gingham/labs/$LAB ]]; then
-  say "removing the previous demo lab"
-  run $G lab down --name "$LAB"
-fi
+for lab in "$LAB" "$CALICO"; do
+  if [[ -e /run/gingham/labs/$lab ]]; then
+    say "removing the previous demo lab $lab"
+    run $G lab down --name "$lab"
+  fi
+done
 
 say "build a one-node lab: underlay, node1 running the gingham agent, an external host"
 run $G lab up --name "$LAB" --nodes 1
@@ -25,6 +29,16 @@ run $G lab pod list --name "$LAB"
 
 say "every pod <-> every pod, node -> every pod, every pod -> external"
 run $G lab check --name "$LAB"
+
+say "Calico mode: 3 nodes on two segments, a top-of-rack router speaking BGP (FRR), BIRD on every node"
+run $G lab up --name "$CALICO" -f examples/tor-bgp.yaml --mode calico --bgp on
+for node in node1 node2 node3; do
+  run $G lab pod add --name "$CALICO" "$node" "default/pod-$node"
+done
+run $G lab check --name "$CALICO"
+say "node1's routes: its pods, its block, the other blocks learned by BGP (node3's through the router)"
+run ip netns exec "$CALICO-node1" ip route
+run $G --lab "$CALICO" node status --node node1
 
 cat <<TXT
 
@@ -39,6 +53,12 @@ cat <<TXT
   cat /run/gingham/labs/$LAB/nodes/node1/net.d/10-gingham.conflist
   $G lab exec --name $LAB default/client1 -- ping -c 2 10.244.1.2
 
-== tear it down:
+  ip netns exec $CALICO-node1 ip route | grep bird   # 10.244.0.128/26 via 192.168.50.1 proto bird
+  ip netns exec $CALICO-tor1 ip route                 # the pod blocks, proto bgp
+  $G --lab $CALICO get ippools -o wide
+  $G --lab $CALICO ipam show --show-blocks
+
+== tear them down:
   $G lab down --name $LAB
+  $G lab down --name $CALICO
 TXT
