@@ -263,6 +263,7 @@ def test_two_route_reflectors_and_losing_one_keeps_every_route(make_lab, cli, tm
                       and status("node1").count("Established") == 3)
     node4_block = next(r["dst"] for r in routes(lab, "node4") if r.get("type") == "blackhole")
     assert eventually(lambda: learned(lab, "node3").get(node4_block) == "192.168.50.14")
+    assert eventually(lambda: all(len(learned(lab, n)) == 4 for n in ips))  # every block
     cut_off(lab, "node1")  # reflector node1 is lost
     assert eventually(lambda: status("node3").count("Established") == 1)
     time.sleep(1)
@@ -283,6 +284,7 @@ def test_a_top_of_rack_router_routes_pods_between_segments_without_a_tunnel(make
                        if r.get("type") == "blackhole")
     # the seeds' picture: node1 sends node3's pods to its gateway router, no tunnel
     assert eventually(lambda: learned(lab, "node1").get(str(node3_block)) == "192.168.50.1")
+    assert eventually(lambda: all(len(learned(lab, n)) == 3 for n in ips))  # every block
     assert not [r for r in routes(lab, "node1") if "calico" in r.get("dev", "")]
     tor_routes = json.loads(lab.run("tor1", "ip", "-j", "route", "show").stdout)
     assert {"dst": str(node3_block), "gateway": "192.168.60.13", "protocol": "bgp"} in [
