@@ -35,6 +35,7 @@ from gingham.calico.kinds import (
 )
 from gingham.calico.nat_outgoing import NatOutgoing
 from gingham.calico.pools import DEFAULT_POOL, default_pool
+from gingham.calico.tunnels import IPIP_OVERHEAD, VXLAN_OVERHEAD
 from gingham.dataplane import sysctl
 from gingham.ipam.block_ipam import BlockIpam
 from gingham.model.files import render_conflist, write_atomically
@@ -52,7 +53,7 @@ from gingham.workloads.store import WorkloadStore
 
 log = logging.getLogger("gingham.calico.agent")
 JOIN_RETRY = 2.0
-OVERHEAD = {"vxlanMode": 50, "ipipMode": 20}  # bytes of outer headers per encapsulation
+OVERHEAD = {"vxlanMode": VXLAN_OVERHEAD, "ipipMode": IPIP_OVERHEAD}  # outer headers
 
 
 class CalicoAgent:

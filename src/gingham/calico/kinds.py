@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 from gingham.ipam.block_ipam import Pool
-from gingham.ipam.blocks import Block
+from gingham.ipam.blocks import Block, blocks_prefix
 from gingham.resources.kinds import KINDS
 from gingham.resources.store import decode_stored
 from gingham.store.contract import KeyValue
@@ -21,10 +21,14 @@ def cluster_key(prefix: str) -> str:
     return f"{prefix}/{CLUSTER_KEY}"
 
 
-def encode_mode(mode: str) -> bytes:
+def _checked(mode: object) -> str:
     if mode not in MODES:
         raise ValueError(f"cluster mode {mode!r} is not one of {', '.join(MODES)}")
-    return json.dumps({"mode": mode}).encode()
+    return str(mode)
+
+
+def encode_mode(mode: str) -> bytes:
+    return json.dumps({"mode": _checked(mode)}).encode()
 
 
 def decode_mode(raw: bytes | None) -> str:
@@ -35,9 +39,7 @@ def decode_mode(raw: bytes | None) -> str:
         mode = json.loads(raw)["mode"]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"cluster mode does not parse: {err}") from None
-    if mode not in MODES:
-        raise ValueError(f"cluster mode {mode!r} is not one of {', '.join(MODES)}")
-    return mode
+    return _checked(mode)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class BlockKind:
 
     @property
     def prefix(self) -> str:
-        return f"{self.root}/ipam/blocks/"
+        return blocks_prefix(self.root)
 
     def decode(self, kv: KeyValue) -> Block:
         return Block.decode(kv.value)

@@ -27,6 +27,7 @@ from gingham.ipam.blocks import (
     Block,
     BlockDataError,
     block_key_part,
+    blocks_prefix,
     cidr_of_key_part,
     free_blocks,
     handle_of,
@@ -88,7 +89,7 @@ class BlockIpam:
 
     @property
     def blocks_prefix(self) -> str:
-        return f"{self.prefix}/ipam/blocks/"
+        return blocks_prefix(self.prefix)
 
     @property
     def handles_prefix(self) -> str:

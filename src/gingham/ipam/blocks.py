@@ -134,6 +134,11 @@ class Block:
                                  "do not add up")
 
 
+def blocks_prefix(root: str) -> str:
+    """Where a cluster's blocks live: `<prefix>/ipam/blocks/`."""
+    return f"{root}/ipam/blocks/"
+
+
 def block_key_part(cidr: ipaddress.IPv4Network) -> str:
     """A block's CIDR as a key segment: 10.244.3.64-26 (Calico writes 10-244-3-64-26)."""
     return f"{cidr.network_address}-{cidr.prefixlen}"

@@ -14,7 +14,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, replace
 
-from gingham.ipam.blocks import Block, BlockDataError
+from gingham.ipam.blocks import Block, BlockDataError, blocks_prefix
 from gingham.resources.document import RawDocument, Resource, ResourceError, to_document
 from gingham.resources.kinds import KINDS, ResourceKind
 from gingham.store.contract import Store
@@ -126,7 +126,7 @@ class ResourceStore:
 
     def _allocated(self) -> list[ipaddress.IPv4Address]:
         """Every address block IPAM has handed out."""
-        kvs, _ = self.store.range(f"{self.prefix}/ipam/blocks/")
+        kvs, _ = self.store.range(blocks_prefix(self.prefix))
         found = []
         for kv in kvs:
             with contextlib.suppress(BlockDataError):
