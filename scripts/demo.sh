@@ -31,7 +31,7 @@ say "every pod <-> every pod, node -> every pod, every pod -> external"
 run $G lab check --name "$LAB"
 
 say "Calico mode: 3 nodes on two segments, a top-of-rack router speaking BGP (FRR), BIRD on every node"
-run $G lab up --name "$CALICO" -f examples/tor-bgp.yaml --mode calico --bgp on
+run $G lab up --name "$CALICO" -f examples/tor-bgp.yaml --mode calico
 for node in node1 node2 node3; do
   run $G lab pod add --name "$CALICO" "$node" "default/pod-$node"
 done

@@ -38,7 +38,7 @@ def bird_pid(lab, node: str) -> int | None:
 
 @pytest.fixture(scope="module")
 def mesh(make_module_lab):
-    lab = make_module_lab(3, via_cli=True, cli_args=("--mode", "calico", "--bgp", "on"))
+    lab = make_module_lab(3, via_cli=True, cli_args=("--mode", "calico"))  # BGP: the default
     ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
     return lab, ips
 
@@ -55,7 +55,7 @@ def learned(lab, node: str) -> dict[str, str]:
             if r.get("protocol") == "bird"}
 
 
-def test_blocks_are_learned_by_bgp_in_the_seeds_shape(mesh):
+def test_blocks_are_learned_by_bgp_in_the_seeds_shape(mesh, cli):
     lab, ips = mesh
     assert eventually(lambda: all(len(learned(lab, n)) == 3 for n in ips))  # every node
     got = learned(lab, "node1")
@@ -65,6 +65,8 @@ def test_blocks_are_learned_by_bgp_in_the_seeds_shape(mesh):
         for target, ip in ips.items():
             assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)
     assert lab.run("node1", "ss", "-ltnH", "sport", "= :179").stdout.strip()
+    assert json.loads(cli("lab", "status", "--name", lab.name, "--json").stdout)["bgp"] is True
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
 
 
 def test_bird_that_dies_is_started_again_and_routes_stay(mesh):
@@ -129,6 +131,7 @@ def test_route_reflectors_as_the_seeds_set_them_up(make_lab, cli, tmp_path):
         next(r["dst"] for r in routes(lab, "node3") if r.get("type") == "blackhole"))
         == "192.168.50.13")  # node3's block, next hop node3 itself, learned through node1
     assert lab.pings("default/p-node2", ips["node3"])
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
     (tmp_path / "off.yaml").write_text("apiVersion: projectcalico.org/v3\n"
                                        "kind: BGPConfiguration\nmetadata: {name: default}\n"
                                        "spec: {nodeToNodeMeshEnabled: false}\n")
@@ -296,3 +299,47 @@ def test_a_top_of_rack_router_routes_pods_between_segments_without_a_tunnel(make
             assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)
     status = cli("--lab", lab.name, "node", "status", "--node", "node3").stdout
     assert "192.168.60.1  | node specific" in status
+    assert cli("lab", "check", "--name", lab.name).returncode == 0
+
+
+TWO_SUBNETS = Path(__file__).parents[2] / "examples" / "two-subnets.yaml"
+
+
+def test_ipip_cross_subnet_routes_are_learned_by_bgp(make_lab):
+    """Item 5: BIRD learns every block and puts the ones across the router through the
+    IPIP device (here the userspace path's), the ones on the segment on the uplink."""
+    lab = make_lab(topology=TWO_SUBNETS, mode="calico", encap="ipip", cross_subnet=True,
+                   bgp=True)
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
+    assert eventually(lambda: all(len(learned(lab, n)) == 3 for n in ips))
+    mine = {r["dst"]: r for r in routes(lab, "node1") if r.get("protocol") == "bird"}
+    node2_block = next(d for d, r in mine.items() if r.get("gateway") == "192.168.50.12")
+    node3_block = next(d for d, r in mine.items() if r.get("gateway") == "192.168.60.13")
+    assert mine[node2_block]["dev"] == "eth0" and "onlink" not in mine[node2_block]["flags"]
+    assert mine[node3_block]["dev"] == "calico.ipip" and "onlink" in mine[node3_block]["flags"]
+    assert not [r for r in routes(lab, "node1") if r.get("protocol") == "80"]
+    for source in ips:
+        for target, ip in ips.items():
+            assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)
+
+
+def test_vxlan_routes_stay_the_agents_and_its_blocks_are_announced(make_lab):
+    """As with calico-node: BIRD announces a VXLAN pool's blocks but leaves its routes to
+    the agent (felix's job), so they go through vxlan.calico, never through BIRD."""
+    lab = make_lab(topology=TWO_SUBNETS, mode="calico", encap="vxlan", bgp=True)
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
+    node3_block = next(r["dst"] for r in routes(lab, "node3") if r.get("type") == "blackhole")
+
+    def announced() -> bool:
+        control = lab.files.node_dir("node1") / "run" / "bird.ctl"
+        shown = lab.run("node1", "birdc", "-s", str(control), "show", "route",
+                        node3_block).stdout
+        return "Mesh_192_168_60_13" in shown
+
+    assert eventually(announced)
+    assert eventually(lambda: any(r["dst"] == node3_block and r.get("dev") == "vxlan.calico"
+                                  and r.get("protocol") == "80" for r in routes(lab, "node1")))
+    assert not learned(lab, "node1")  # no VXLAN route, no blackhole of BIRD's
+    for source in ips:
+        for target, ip in ips.items():
+            assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)

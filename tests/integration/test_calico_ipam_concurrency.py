@@ -17,7 +17,7 @@ NODES = 4
 
 
 def test_concurrent_adds_with_an_agent_killed_never_share_an_address(make_lab, cli):
-    lab = make_lab(NODES, via_cli=True, cli_args=("--mode", "calico"))
+    lab = make_lab(NODES, via_cli=True, cli_args=("--mode", "calico", "--bgp", "off"))
     ips: dict[str, str] = {}
     failures: list[str] = []
     lock = threading.Lock()

@@ -19,7 +19,7 @@ TWO_SUBNETS = Path(__file__).parents[2] / "examples" / "two-subnets.yaml"
 
 @pytest.fixture(scope="module")
 def calico(make_module_lab):
-    lab = make_module_lab(2, via_cli=True, cli_args=("--mode", "calico"))
+    lab = make_module_lab(2, via_cli=True, cli_args=("--mode", "calico", "--bgp", "off"))
     ips = {ref: lab.add_pod(node, ref).ip
            for node, ref in (("node1", "default/a"), ("node2", "default/b"),
                              ("node1", "web/c"))}
@@ -105,7 +105,8 @@ DEVICES = {"vxlan": "vxlan.calico", "ipip": "calico.ipip"}  # ipip: the userspac
 def test_an_encapsulating_pool_tunnels_and_leaves_nothing_when_it_stops(make_lab, cli,
                                                                        tmp_path, encap):
     device = DEVICES[encap]
-    lab = make_lab(2, via_cli=True, cli_args=("--mode", "calico", "--encap", encap))
+    lab = make_lab(2, via_cli=True, cli_args=("--mode", "calico", "--encap", encap,
+                                                      "--bgp", "off"))
     a = lab.add_pod("node1", "default/a").ip
     b = lab.add_pod("node2", "default/b").ip
     through = [r for r in routes(lab, "node1") if r.get("dev") == device]

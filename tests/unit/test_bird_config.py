@@ -4,10 +4,13 @@ as the seeds set them up, BGPPeer resources; only pool routes announced."""
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 
 import pytest
 
 from gingham.calico.bird_config import BgpSetup, Peer, plan_peers, render_bird_config
+from gingham.ipam.block_ipam import Pool
 from gingham.subnet.lease import NodeInfo
 
 pytestmark = pytest.mark.unit
@@ -16,6 +19,14 @@ A, N = ipaddress.IPv4Address, ipaddress.IPv4Network
 
 def node(name: str, ip: str, **kw) -> NodeInfo:
     return NodeInfo(name, A(ip), **kw)
+
+
+def pool(name: str, cidr: str, ipip: str = "Never", vxlan: str = "Never") -> Pool:
+    return Pool(name, N(cidr), 26, {"cidr": cidr, "ipipMode": ipip, "vxlanMode": vxlan,
+                                     "disabled": False})
+
+
+POOL = pool("default-ipv4-ippool", "10.244.0.0/16")
 
 
 NODES = {n.name: n for n in (node("node1", "192.168.50.11"), node("node2", "192.168.50.12"),
@@ -44,7 +55,7 @@ def test_route_reflectors_as_the_seeds_set_them_up():
     # BGPPeer picks node1, as its client
     assert [(str(p.address), p.rr_client) for p in reflector] == [
         ("192.168.50.12", False), ("192.168.50.13", True)]
-    text = render_bird_config(nodes["node1"], setup, reflector, [N("10.244.0.0/16")], [])
+    text = render_bird_config(nodes["node1"], setup, reflector, [POOL], [], "tunl0")
     assert "neighbor 192.168.50.13 as 64512;\n  passive on;\n  rr client;\n" \
            "  rr cluster id 244.0.0.1;" not in text  # node1 < node3: node1 connects
     assert "neighbor 192.168.50.13 as 64512;\n  rr client;\n  rr cluster id 244.0.0.1;" in text
@@ -63,7 +74,8 @@ def test_bgp_peers_by_ip_node_and_selector():
                                            "Node_192_168_70_1"]
     assert three[2].password == "s3cret" and three[2].keepalive == 10
     text = render_bird_config(node("node3", "192.168.50.13"),
-                              BgpSetup(mesh=False, port=1179), three, [N("10.244.0.0/16")], [])
+                              BgpSetup(mesh=False, port=1179), three, [POOL], [],
+                              "tunl0")
     assert "local 192.168.50.13 port 1179 as 64512;" in text
     assert "neighbor 192.168.50.1 as 65000;" in text  # a router: its own port
     assert 'password "s3cret";\n  keepalive time 10;\n  ipv4 { next hop keep; };' in text
@@ -73,7 +85,7 @@ def test_the_config_announces_blocks_not_their_pods():
     me = node("node1", "192.168.50.11", asn=64513)
     text = render_bird_config(me, BgpSetup(), plan_peers(me, {**NODES, "node1": me},
                                                          BgpSetup()),
-                              [N("10.244.0.0/16")], [N("10.244.0.0/26"), N("10.244.0.64/26")])
+                              [POOL], [N("10.244.0.0/26"), N("10.244.0.64/26")], "tunl0")
     assert "router id 192.168.50.11;" in text
     assert "  route 10.244.0.0/26 blackhole;\n  route 10.244.0.64/26 blackhole;" in text
     assert text.index("if net = 10.244.0.0/26 then accept;") < text.index(
@@ -82,3 +94,31 @@ def test_the_config_announces_blocks_not_their_pods():
     assert 'protocol bgp Mesh_192_168_50_12 from gingham_peer {\n  description ' \
            '"node-to-node mesh";\n  neighbor 192.168.50.12 as 64512;\n}' in text
     assert 'interface -"cali*"' in text and "learn;" in text and "graceful restart;" in text
+
+
+def test_kernel_programming_follows_each_pools_encapsulation(tmp_path):
+    """As confd's calico_kernel_programming: VXLAN pools are the agent's, an IPIP pool's
+    learned routes go through the IPIP device (across subnets only, for CrossSubnet), and
+    a route through a tunnel is never announced."""
+    me = node("node1", "192.168.50.11", ipv4_address="192.168.50.11/24")
+    pools = [pool("plain", "10.1.0.0/16"), pool("ipip", "10.2.0.0/16", ipip="Always"),
+             pool("cross", "10.3.0.0/16", ipip="CrossSubnet"),
+             pool("vx", "10.4.0.0/16", vxlan="Always")]
+    text = render_bird_config(me, BgpSetup(), [], pools, [N("10.4.0.0/26")], "calico.ipip")
+    kernel = text[text.index("filter gingham_kernel"):text.index("filter gingham_export")]
+    tunnel = '{ onlink = true; ifname = "calico.ipip"; gw = bgp_next_hop; }'
+    assert "10.1.0.0/16" not in kernel  # plain: accepted as learned
+    assert f"if net ~ 10.2.0.0/16 then {{  # ipip: IPIP\n    if source = RTS_BGP then {tunnel}" \
+        in kernel
+    assert ("if source = RTS_BGP && !(bgp_next_hop ~ 192.168.50.0/24) then " + tunnel) in kernel
+    assert "if net ~ 10.4.0.0/16 then reject;" in kernel
+    export = text[text.index("filter gingham_export"):]
+    assert 'ifname = "vxlan.calico" || ifname = "tunl0") then reject;' in export
+    # every enabled pool is announced, the VXLAN one's block too (as Calico does)
+    assert all(f"if net ~ {p.cidr} then accept;" in export for p in pools)
+    assert "if net = 10.4.0.0/26 then accept;" in export
+    if shutil.which("bird"):  # BIRD parses it
+        conf = tmp_path / "bird.conf"
+        conf.write_text(text)
+        check = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr

@@ -82,6 +82,25 @@ def test_encapsulation_and_routers_are_reported_not_programmed():
     assert ipip.routes == set() and len(ipip.problems) == 2
 
 
+def test_with_bgp_bird_routes_all_but_vxlan_pools():
+    blocks = {b.cidr: b for b in (block("10.244.0.0/26", "node1"),
+                                  block("10.244.1.0/26", "far"),
+                                  block("10.244.2.0/26", "node2"))}
+    for plain in (pool(), pool(ipip="Always"), pool(ipip="CrossSubnet")):
+        plan = plan_routes("node1", blocks, NODES, [plain], UPLINK, ipip=5, bgp=True)
+        assert plan.routes == set() and plan.problems == []  # blackhole included: BIRD's
+    # the userspace IPIP device is still told where each block goes
+    assert plan_routes("node1", blocks, NODES, [pool(ipip="Always")], UPLINK, ipip=5,
+                       bgp=True).ipip_peers == {N("10.244.1.0/26"): A("192.168.60.13"),
+                                                N("10.244.2.0/26"): A("192.168.50.12")}
+    # VXLAN stays the agent's, as felix's, its blackhole and same-subnet routes included
+    vxlan = plan_routes("node1", blocks, WITH_VTEPS, [pool(vxlan="CrossSubnet")], UPLINK,
+                        vtep=7, bgp=True)
+    assert vxlan.routes == {RouteIntent(N("10.244.0.0/26"), None, 0, blackhole=True),
+                            RouteIntent(N("10.244.1.0/26"), A("10.244.2.9"), 7, onlink=True),
+                            RouteIntent(N("10.244.2.0/26"), A("192.168.50.12"), 2)}
+
+
 def test_a_node_without_a_record_is_reported():
     plan = plan_routes("node1", {N("10.244.3.0/26"): block("10.244.3.0/26", "ghost")},
                        NODES, [pool()], UPLINK)

@@ -25,7 +25,7 @@ from pathlib import Path
 from gingham.calico.bird_config import DEFAULT_ASN, DEFAULT_PORT, BgpSetup, plan_peers
 from gingham.calico.bird_config import render_bird_config as render
 from gingham.calico.kinds import BGP_CONFIGS, BGP_PEERS, BLOCKS, NODES, POOLS
-from gingham.calico.route_plan import encapsulates
+from gingham.calico.tunnels import ipip_device
 from gingham.dataplane import rtmsg
 from gingham.ipam.block_ipam import Pool
 from gingham.ipam.blocks import Block
@@ -219,11 +219,10 @@ class BirdManager(WholePictureManager):
         if me is None:
             return [f"no node record for {self.node} yet: BIRD not configured"]
         setup = self.setup()
-        pools = [p for p in self.of(POOLS, Pool) if not p.spec["disabled"]]
-        own = sorted(b.cidr for b in self.of(BLOCKS, Block) if b.node == self.node)
-        # Encapsulated pools are routed by the tunnels (calico/tunnels.py), not by BIRD.
-        plain = [p.cidr for p in pools if not encapsulates(p, same_subnet=True)]
-        text = render(me, setup, plan_peers(me, nodes, setup), sorted(plain),
-                      [b for b in own if any(b.subnet_of(c) for c in plain)])
+        pools = sorted((p for p in self.of(POOLS, Pool) if not p.spec["disabled"]),
+                       key=lambda p: p.name)
+        own = sorted(b.cidr for b in self.of(BLOCKS, Block) if b.node == self.node
+                     and any(b.cidr.subnet_of(p.cidr) for p in pools))
+        text = render(me, setup, plan_peers(me, nodes, setup), pools, own, ipip_device())
         return self.bird.apply(text)
 

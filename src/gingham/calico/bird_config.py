@@ -7,7 +7,11 @@ follow confd's: a kernel protocol that learns, persists and restarts gracefully;
 protocol that leaves out pods' interfaces (next hops resolve through it); a BGP template
 with graceful restart and confd's timers; a blackhole static route per affine block;
 export to peers of pool routes only (a block, not its pods' /32s, and addresses this node
-holds in other nodes' blocks); in the mesh, the side with the greater address is passive,
+holds in other nodes' blocks; never a route through a tunnel device); into the kernel,
+what confd's `calico_kernel_programming` does: a VXLAN pool's routes are left to the agent
+(as to felix), an IPIP pool's learned routes go through the IPIP device (BIRD 2's
+`onlink`, `ifname` and `gw` where Calico's BIRD 1 fork has `krt_tunnel`), across
+subnets only for CrossSubnet; in the mesh, the side with the greater address is passive,
 so two nodes do not race to connect. Protocol names are calicoctl's (`Mesh_192_168_50_12`,
 `Node_…`, `Global_…`), so `node status` reads the same.
 """
@@ -18,6 +22,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gingham.ipam.block_ipam import Pool
 from gingham.model import selector
 from gingham.resources.kinds import seconds
 from gingham.subnet.lease import NodeInfo
@@ -26,7 +31,8 @@ DEFAULT_ASN = 64512
 DEFAULT_PORT = 179
 MESH, NODE, GLOBAL = "Mesh", "Node", "Global"
 PEER_TYPES = {MESH: "node-to-node mesh", NODE: "node specific", GLOBAL: "global"}
-NOT_DIRECT = ('"cali*"', '"calico.ipip"', '"vxlan.calico"', '"tunl0"')
+TUNNELS = ("calico.ipip", "vxlan.calico", "tunl0")
+NOT_DIRECT = ('"cali*"', *(f'"{name}"' for name in TUNNELS))
 
 
 @dataclass(frozen=True, order=True)
@@ -108,9 +114,9 @@ def _applies_to(spec: dict, me: NodeInfo) -> bool:
     return True  # global
 
 
-def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
-                       pools: list[ipaddress.IPv4Network],
-                       own_blocks: list[ipaddress.IPv4Network]) -> str:
+def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer], pools: list[Pool],
+                       own_blocks: list[ipaddress.IPv4Network], ipip_device: str) -> str:
+    """`pools`: the enabled ones; `own_blocks`: this node's blocks in them."""
     asn = node_asn(me, setup)
     port = f" port {setup.port}" if setup.port != DEFAULT_PORT else ""  # listenPort
     lines = [
@@ -123,14 +129,18 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
         "",
         "filter gingham_kernel {",
         "  if source = RTS_DEVICE then reject;",
+        *_kernel_rules(me, pools, ipip_device),
         "  accept;",
         "}",
         "",
         "filter gingham_export {",
+        "  # the agent's routes through tunnels, which BIRD learns from the kernel",
+        "  if defined(ifname) && (" + " || ".join(f'ifname = "{name}"' for name in TUNNELS)
+        + ") then reject;",
         *(f"  if net = {block} then accept;" for block in own_blocks),
         *(f"  if net ~ {block} then reject;  # this node's pods: the block covers them"
           for block in own_blocks),
-        *(f"  if net ~ {pool} then accept;" for pool in pools),
+        *(f"  if net ~ {pool.cidr} then accept;" for pool in pools),
         "  reject;",
         "}",
         "",
@@ -193,3 +203,22 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer],
             lines.append("  ipv4 { next hop keep; };")
         lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _kernel_rules(me: NodeInfo, pools: list[Pool], ipip_device: str) -> list[str]:
+    subnet = ipaddress.IPv4Interface(me.ipv4_address).network if me.ipv4_address else None
+    tunnel = (f'{{ onlink = true; ifname = "{ipip_device}"; gw = bgp_next_hop; }}')
+    rules = []
+    for pool in pools:
+        ipip, vxlan = pool.spec["ipipMode"], pool.spec["vxlanMode"]
+        if vxlan != "Never":
+            rules.append(f"  if net ~ {pool.cidr} then reject;  # {pool.name}: VXLAN, the "
+                         "agent's routes")
+        elif ipip == "Always" or (ipip == "CrossSubnet" and subnet is None):
+            rules.append(f"  if net ~ {pool.cidr} then {{  # {pool.name}: IPIP")
+            rules += [f"    if source = RTS_BGP then {tunnel}", "    accept;", "  }"]
+        elif ipip == "CrossSubnet":
+            rules.append(f"  if net ~ {pool.cidr} then {{  # {pool.name}: IPIP across subnets")
+            rules += [f"    if source = RTS_BGP && !(bgp_next_hop ~ {subnet}) then {tunnel}",
+                      "    accept;", "  }"]
+    return rules

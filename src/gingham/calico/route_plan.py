@@ -14,6 +14,10 @@ programs them for VXLAN mode:
   (more specific than the block's route; the holder itself has the pod's own /32).
 
 A node across a router without encapsulation is reported, not routed: that takes BGP.
+With BGP, BIRD routes every pool but VXLAN ones, as calico-node's BIRD does (felix keeps
+the VXLAN routes): the plan then holds only the VXLAN pools' routes, and the userspace
+IPIP device's steering (where tunl0 reads the route's gateway, the userspace path needs
+to be told each block's node).
 """
 
 from __future__ import annotations
@@ -53,24 +57,31 @@ def wants(pools: list[Pool], mode: str) -> bool:
     return any(p.spec[mode] != "Never" and not p.spec["disabled"] for p in pools)
 
 
+def routed_by_bird(pool: Pool) -> bool:
+    """With BGP on, whether BIRD puts this pool's routes in the kernel."""
+    return pool.spec["vxlanMode"] == "Never"
+
+
 def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
                 nodes: Mapping[str, NodeInfo], pools: list[Pool], uplink: Uplink,
                 vtep: int | None = None, ipip: int | None = None,
                 bgp: bool = False) -> RoutePlan:
     """`vtep`, `ipip`: the indexes of this node's vxlan.calico and IPIP device, when it
-    has them. `bgp`: BIRD announces and learns what is not encapsulated (calico/bird.py),
-    so those routes and this node's blackholes are its, not these."""
+    has them. `bgp`: BIRD routes the pools it can (`routed_by_bird`), this node's
+    blackholes for them included."""
     plan = RoutePlan()
 
     def via(name: str, dst: ipaddress.IPv4Network, pool: Pool) -> None:
         node = nodes.get(name)
         if node is None:
-            plan.problems.append(f"{dst}: node {name} has no node record; not routed")
+            if not (bgp and routed_by_bird(pool)):
+                plan.problems.append(f"{dst}: node {name} has no node record; not routed")
             return
         same_subnet = node.public_ip in uplink.address.network
+        bird = bgp and routed_by_bird(pool)
         if not encapsulates(pool, same_subnet):
-            if bgp:
-                return  # BIRD's
+            if bird:
+                return
             if same_subnet:
                 plan.routes.add(RouteIntent(dst, node.public_ip, uplink.index))
             else:
@@ -79,11 +90,11 @@ def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
                     f"{uplink.address.network} and pool {pool.name} does not encapsulate "
                     "(needs BGP, or vxlanMode/ipipMode CrossSubnet)")
         elif pool.spec["ipipMode"] != "Never":
+            plan.ipip_peers[dst] = node.public_ip
             if ipip is None:
                 plan.problems.append(f"{dst}: no IPIP device for node {name} yet")
-            else:
+            elif not bird:
                 plan.routes.add(RouteIntent(dst, node.public_ip, ipip, onlink=True))
-                plan.ipip_peers[dst] = node.public_ip
         elif vtep is None or not node.vxlan_address:
             plan.problems.append(f"{dst}: no VXLAN tunnel to node {name} yet")
         else:
@@ -98,7 +109,7 @@ def plan_routes(me: str, blocks: Mapping[ipaddress.IPv4Network, Block],
             continue  # a block outside every pool (`ipam check` says so)
         owner = block.node
         if owner == me:
-            if not bgp or encapsulates(pool, same_subnet=True):
+            if not (bgp and routed_by_bird(pool)):
                 plan.routes.add(RouteIntent(cidr, None, 0, blackhole=True))
         elif owner is not None:
             via(owner, cidr, pool)

@@ -13,6 +13,7 @@ Each takes a tunnel address from the node's own block (IPAM handles
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
@@ -35,6 +36,12 @@ VXLAN_OVERHEAD, IPIP_OVERHEAD = 50, 20
 IPIP_TUN = "calico.ipip"
 
 Blocks = Mapping[ipaddress.IPv4Network, Block]
+
+
+@functools.cache
+def ipip_device() -> str:
+    """The device IPIP routes go through on this node (the kernel's modules stay put)."""
+    return tunl0.TUNL0 if kernel_has_ipip() else IPIP_TUN
 
 
 class TunnelAddress:

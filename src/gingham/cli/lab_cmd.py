@@ -150,7 +150,8 @@ def lab() -> None:
 @click.option("--cross-subnet", is_flag=True,
               help="calico: encapsulate only between nodes on different subnets.")
 @click.option("--bgp", type=click.Choice(["on", "off"]), default=None,
-              help="calico: every node runs BIRD and routes come by BGP (default off).")
+              help="calico: every node runs BIRD and routes come by BGP (default on; off keeps "
+                   "the datastore-driven routes).")
 @click.pass_context
 def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | None,
        pod_cidr: ipaddress.IPv4Network, datastore: str, backend: str,
@@ -181,7 +182,8 @@ def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | Non
                                      datastore=datastore, backend=backend,
                                      backend_options=backend_options)
     plan = dataclasses.replace(plan, ip_masq=ip_masq, mode=mode, encap=encap or "none",
-                               cross_subnet=cross_subnet, bgp=bgp == "on")
+                               cross_subnet=cross_subnet,
+                               bgp=mode == "calico" and bgp != "off")
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
     for router in plan.routers:

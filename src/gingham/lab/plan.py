@@ -88,7 +88,7 @@ class LabPlan:
     mode: str = "flannel"  # or calico: routed pods, IP pools and block IPAM
     encap: str = "none"  # calico: the default pool's encapsulation, none, vxlan or ipip
     cross_subnet: bool = False  # calico: encapsulate only between subnets (CrossSubnet)
-    bgp: bool = False  # calico: every node runs BIRD (issue 11; not yet the default)
+    bgp: bool = False  # calico: every node runs BIRD (`lab up`'s default for calico)
 
     @classmethod
     def single_segment(
