@@ -343,3 +343,37 @@ def test_vxlan_routes_stay_the_agents_and_its_blocks_are_announced(make_lab):
     for source in ips:
         for target, ip in ips.items():
             assert source == target or lab.pings(f"default/p-{source}", ip), (source, target)
+
+
+def node_problems(cli, lab, node: str) -> list[str]:
+    status = json.loads(cli("lab", "status", "--name", lab.name, "--json").stdout)
+    return next(n["problems"] for n in status["nodes"] if n["name"] == node)
+
+
+def test_bad_bgp_input_is_reported_and_withdraws_nothing(make_lab, cli, tmp_path):
+    """A peer that never answers, and a peer address given two AS numbers: each a problem
+    in `lab status`, BIRD's config in force stays, no route is withdrawn."""
+    lab = make_lab(2, via_cli=True, cli_args=("--mode", "calico"))
+    ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2")}
+    assert eventually(lambda: len(learned(lab, "node1")) == 2)
+    silent = tmp_path / "silent.yaml"  # an address of the lab's segment nobody holds
+    silent.write_text("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: "
+                      "{name: silent}\nspec: {peerIP: 192.168.50.99, asNumber: 65099}\n")
+    assert cli("--lab", lab.name, "apply", "-f", str(silent)).returncode == 0
+    assert eventually(lambda: "BGP peer 192.168.50.99 has not been established for 10 s; "
+                      "BIRD keeps trying (`node status` shows its state)"
+                      in node_problems(cli, lab, "node1"), timeout=30)
+    conf = lab.files.node_dir("node1") / "run" / "bird.conf"
+    before = conf.read_text()
+    clash = tmp_path / "clash.yaml"  # node2 is AS 64512 in the mesh
+    clash.write_text("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: "
+                     "{name: clash}\nspec: {peerIP: 192.168.50.12, asNumber: 65009}\n")
+    assert cli("--lab", lab.name, "apply", "-f", str(clash)).returncode == 0
+    assert eventually(lambda: "peer 192.168.50.12 is AS 64512 for one mesh node and AS 65009 "
+                      "for a BGPPeer: BIRD's config is left as it was"
+                      in node_problems(cli, lab, "node1"))
+    assert conf.read_text() == before
+    assert len(learned(lab, "node1")) == 2 and lab.pings("default/p-node1", ips["node2"])
+    cli("--lab", lab.name, "delete", "bgppeer", "silent")
+    cli("--lab", lab.name, "delete", "bgppeer", "clash")
+    assert eventually(lambda: node_problems(cli, lab, "node1") == [])

@@ -9,7 +9,13 @@ import subprocess
 
 import pytest
 
-from gingham.calico.bird_config import BgpSetup, Peer, plan_peers, render_bird_config
+from gingham.calico.bird_config import (
+    BgpSetup,
+    Peer,
+    PeerConflict,
+    plan_peers,
+    render_bird_config,
+)
 from gingham.ipam.block_ipam import Pool
 from gingham.subnet.lease import NodeInfo
 
@@ -117,8 +123,23 @@ def test_kernel_programming_follows_each_pools_encapsulation(tmp_path):
     # every enabled pool is announced, the VXLAN one's block too (as Calico does)
     assert all(f"if net ~ {p.cidr} then accept;" in export for p in pools)
     assert "if net = 10.4.0.0/26 then accept;" in export
+    assert "log stderr { info, remote, warning, error, auth, fatal, bug };" in text
+    debug = render_bird_config(me, BgpSetup(log_severity="Debug"), [], pools, [], "tunl0")
+    assert "log stderr { debug, trace, info," in debug and "debug protocols all;" in debug
     if shutil.which("bird"):  # BIRD parses it
         conf = tmp_path / "bird.conf"
         conf.write_text(text)
         check = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_two_as_numbers_for_one_peer_are_a_conflict():
+    setup = BgpSetup(peers=[{"peerIP": "192.168.50.1", "asNumber": 65000},
+                            {"peerIP": "192.168.50.1", "asNumber": 65001, "node": "node1"}])
+    with pytest.raises(PeerConflict, match=r"peer 192\.168\.50\.1 is AS 65000 for one BGPPeer "
+                                           "and AS 65001 for a BGPPeer"):
+        plan_peers(NODES["node1"], NODES, setup)
+    assert len(plan_peers(NODES["node2"], NODES, setup)) == 3  # node2 meets one of them
+    mesh = BgpSetup(peers=[{"peerIP": "192.168.50.12", "asNumber": 65009}])
+    with pytest.raises(PeerConflict, match="AS 64512 for one mesh node"):
+        plan_peers(NODES["node1"], NODES, mesh)

@@ -83,6 +83,8 @@ def test_config_set_refuses_an_unknown_host_gw_option(tmp_path):
     ("a: 1\nb: \x07\n", "line 2, column 4: unacceptable character #x0007: special "
                         "characters are not allowed"),
     ("a: *nothing\n", "line 1, column 4: found undefined alias 'nothing'"),
+    ("spec:\n  asNumber: 1\n  asNumber: 2\n",
+     "line 3, column 3: key 'asNumber' is given twice (first on line 2)"),
 ])
 def test_yaml_errors_are_one_line_with_line_and_column(tmp_path, text, says):
     path = tmp_path / "t.yaml"

@@ -123,6 +123,22 @@ def test_nothing_of_a_file_is_written_when_one_resource_fails(resources):
                                 + pool("next", "10.10.0.0/16")))
 
 
+def peer(name: str, asn: int, extra: str = "") -> str:
+    return (f"apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: {name}}}\n"
+            f"spec: {{peerIP: 192.168.50.1, asNumber: {asn}{extra}}}\n")
+
+
+def test_one_peer_address_cannot_have_two_as_numbers(resources):
+    resources.write(APPLY, load(peer("tor", 65000)))
+    with pytest.raises(ResourceError, match=r"document 1 .*peerIP 192.168.50.1 is AS 65001 "
+                                            r"here and AS 65000 in BGPPeer tor; nothing"):
+        resources.write(APPLY, load(peer("tor-b", 65001, ", node: node1")))
+    # peers of different nodes never meet, and a peer may change its own AS
+    resources.write(APPLY, load(peer("n1", 65001, ", node: node1") + "---\n"
+                                + peer("n2", 65002, ", node: node2") + "---\n"
+                                + peer("tor", 65001, ", node: node3")))
+
+
 def test_a_stored_value_that_does_not_decode_is_reported_not_fatal(resources):
     resources.write(APPLY, load(pool("good", "10.10.0.0/16")))
     resources.store.put("/gingham/network/ippools/broken", b"{not json")

@@ -22,9 +22,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gingham.calico.bird_config import DEFAULT_ASN, DEFAULT_PORT, BgpSetup, plan_peers
+from gingham.calico.bird_config import (
+    DEFAULT_ASN,
+    DEFAULT_PORT,
+    BgpSetup,
+    PeerConflict,
+    plan_peers,
+)
 from gingham.calico.bird_config import render_bird_config as render
 from gingham.calico.kinds import BGP_CONFIGS, BGP_PEERS, BLOCKS, NODES, POOLS
+from gingham.calico.node_status import read_peers
 from gingham.calico.tunnels import ipip_device
 from gingham.dataplane import rtmsg
 from gingham.ipam.block_ipam import Pool
@@ -37,6 +44,8 @@ from gingham.sync.whole import WholePictureManager
 
 log = logging.getLogger("gingham.calico.bird")
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
+SESSION_CHECK = 5.0  # s between looks at the BGP sessions
+SESSION_GRACE = 10.0  # a session down this long is a problem (BIRD retries every 5 s)
 RTPROT_BIRD = 12
 
 
@@ -188,7 +197,9 @@ class BirdProcess:
 
 
 class BirdManager(WholePictureManager):
-    """Renders this node's BIRD config from what it holds and hands it to BIRD."""
+    """Renders this node's BIRD config from what it holds and hands it to BIRD; looks at
+    its sessions every few seconds, so a peer that never answers (or stops) is a problem
+    in the node's status while BIRD keeps trying."""
 
     name = "bird"
     kinds = (NODES, BLOCKS, POOLS, BGP_CONFIGS, BGP_PEERS)
@@ -197,6 +208,9 @@ class BirdManager(WholePictureManager):
         super().__init__()
         self.node = node
         self.bird = bird
+        self._down_since: dict[str, float] = {}  # peer address -> when first seen down
+        self._look_due = False
+        self._timer: threading.Timer | None = None
 
     def setup(self) -> BgpSetup:
         configs = {r.name: r for r in self.of(BGP_CONFIGS, Resource)}
@@ -208,10 +222,12 @@ class BirdManager(WholePictureManager):
                         port=spec.get("listenPort", DEFAULT_PORT),
                         peers=[r.spec for r in self.of(BGP_PEERS, Resource)],
                         mesh_restart_time=seconds(restart) if restart else None,
-                        bfd=spec.get("bfdEnabled", False))
+                        bfd=spec.get("bfdEnabled", False),
+                        log_severity=spec.get("logSeverityScreen", "Info"))
 
     def dirty(self) -> bool:
-        return super().dirty() or (self._listed == set(self.kinds) and self.bird.exited())
+        return super().dirty() or (self._listed == set(self.kinds)
+                                   and (self.bird.exited() or self._look_due))
 
     def apply_whole(self) -> list[str]:
         nodes = {n.name: n for n in self.of(NODES, NodeInfo)}
@@ -223,6 +239,32 @@ class BirdManager(WholePictureManager):
                        key=lambda p: p.name)
         own = sorted(b.cidr for b in self.of(BLOCKS, Block) if b.node == self.node
                      and any(b.cidr.subnet_of(p.cidr) for p in pools))
-        text = render(me, setup, plan_peers(me, nodes, setup), pools, own, ipip_device())
-        return self.bird.apply(text)
+        try:
+            peers = plan_peers(me, nodes, setup)
+        except PeerConflict as err:
+            return [f"{err}: BIRD's config is left as it was", *self._sessions()]
+        problems = self.bird.apply(render(me, setup, peers, pools, own, ipip_device()))
+        return problems + self._sessions()
+
+    def _sessions(self) -> list[str]:
+        """The sessions down for longer than the grace; the next look armed."""
+        self._look_due = False
+        if self._timer is None or not self._timer.is_alive():
+            self._timer = threading.Timer(SESSION_CHECK, self._look)
+            self._timer.daemon = True
+            self._timer.start()
+        rows = read_peers(self.bird.control)
+        if rows is None:
+            return []  # BIRD not answering: its start or exit is the problem reported
+        now = time.monotonic()
+        self._down_since = {row.peer_address: self._down_since.get(row.peer_address, now)
+                            for row in rows if not row.info.startswith("Established")}
+        return [f"BGP peer {address} has not been established for {SESSION_GRACE:.0f} s; "
+                "BIRD keeps trying (`node status` shows its state)"
+                for address, since in sorted(self._down_since.items())
+                if now - since >= SESSION_GRACE]
+
+    def _look(self) -> None:
+        self._look_due = True
+        self.bird.wake()
 

@@ -62,6 +62,19 @@ class BgpSetup:
     peers: list[dict] = field(default_factory=list)  # BGPPeer specs
     mesh_restart_time: int | None = None  # nodeMeshMaxRestartTime, s
     bfd: bool = False  # bfdEnabled (Gingham's): BFD on every session
+    log_severity: str = "Info"  # logSeverityScreen: what BIRD writes to its log
+
+
+# BIRD's log classes from each logSeverityScreen up (BIRD has no "Debug" class: Debug adds
+# its protocols' debug messages, as calico-node's `debug all`).
+LOG_CLASSES = {"Fatal": ("fatal", "bug"), "Error": ("error", "auth", "fatal", "bug")}
+LOG_CLASSES["Warning"] = ("warning", *LOG_CLASSES["Error"])
+LOG_CLASSES["Info"] = ("info", "remote", *LOG_CLASSES["Warning"])
+LOG_CLASSES["Debug"] = ("debug", "trace", *LOG_CLASSES["Info"])
+
+
+class PeerConflict(ValueError):
+    """The datastore gives one peer address two AS numbers."""
 
 
 def node_asn(node: NodeInfo, setup: BgpSetup) -> int:
@@ -70,7 +83,8 @@ def node_asn(node: NodeInfo, setup: BgpSetup) -> int:
 
 def plan_peers(me: NodeInfo, nodes: Mapping[str, NodeInfo], setup: BgpSetup) -> list[Peer]:
     """Every BGP session `me` holds, once per address (a mesh session wins over the same
-    node named again by a BGPPeer)."""
+    node named again by a BGPPeer); PeerConflict when two give an address different AS
+    numbers."""
     found: dict[ipaddress.IPv4Address, Peer] = {}
     others = [n for name, n in sorted(nodes.items()) if name != me.name]
     if setup.mesh:
@@ -87,7 +101,12 @@ def plan_peers(me: NodeInfo, nodes: Mapping[str, NodeInfo], setup: BgpSetup) -> 
             if _applies_to(spec, me):
                 address = ipaddress.IPv4Address(spec["peerIP"])
                 kind = GLOBAL if "node" not in spec and "nodeSelector" not in spec else NODE
-                found.setdefault(address, Peer(kind, address, spec["asNumber"], **options))
+                known = found.setdefault(address, Peer(kind, address, spec["asNumber"],
+                                                       **options))
+                if known.asn != spec["asNumber"]:
+                    raise PeerConflict(f"peer {address} is AS {known.asn} for one "
+                                       f"{'BGPPeer' if known.kind != MESH else 'mesh node'} "
+                                       f"and AS {spec['asNumber']} for a BGPPeer")
             continue
         # Peering between nodes is mutual: `me` peers the nodes its selector picks, and
         # the nodes whose BGPPeer picks `me` (a route reflector and its clients).
@@ -123,6 +142,9 @@ def render_bird_config(me: NodeInfo, setup: BgpSetup, peers: list[Peer], pools: 
         f"# BIRD 2 configuration of node {me.name}, rendered by the gingham agent from the",
         "# datastore; it is rewritten on every change, so edit the datastore instead.",
         f"router id {me.public_ip};",
+        f"log stderr {{ {', '.join(LOG_CLASSES[setup.log_severity])} }};  # logSeverityScreen "
+        f"{setup.log_severity}",
+        f"debug protocols {'all' if setup.log_severity == 'Debug' else '{ states }'};",
         "# A restarted BIRD (-R) holds the kernel's routes until its peers resend theirs,",
         "# but not for ever: one that stays away must not freeze the node's routes.",
         "graceful restart wait 20;",

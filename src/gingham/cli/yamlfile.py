@@ -14,11 +14,27 @@ class YamlFileError(ValueError):
     pass
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently: `asNumber` twice would pass as whichever came second)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line "
+                    f"{seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str) -> object:
     """The document in `path`; YamlFileError `cannot read PATH: line L, column C: problem`."""
     text = _read(path)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as err:
         raise YamlFileError(f"cannot read {path}: {_describe(err, text)}") from None
 
@@ -28,7 +44,8 @@ def load_yaml_documents(path: str) -> list[object]:
     out; YamlFileError as load_yaml's."""
     text = _read(path)
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return [doc for doc in yaml.load_all(text, Loader=_StrictLoader)
+                if doc is not None]
     except yaml.YAMLError as err:
         raise YamlFileError(f"cannot read {source_name(path)}: {_describe(err, text)}") from None
 

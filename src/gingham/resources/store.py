@@ -122,6 +122,7 @@ class ResourceStore:
                 record.merged(resource, stored.value if stored else None)  # fails early
             plan.append((resource, stored))
         self._check_pools([r for r in resources if r.kind == "IPPool"])
+        self._check_peers([r for r in resources if r.kind == "BGPPeer"])
         return plan
 
     def _allocated(self) -> list[ipaddress.IPv4Address]:
@@ -143,6 +144,24 @@ class ResourceStore:
             raise ResourceError(f"{old.named}: {what} would strand {len(lost)} allocated "
                                 f"address(es) ({', '.join(map(str, sorted(lost)[:3]))}"
                                 f"{', ...' if len(lost) > 3 else ''}); nothing was written")
+
+    def _check_peers(self, peers: list[Resource]) -> None:
+        """No two BGPPeers give one peer address two AS numbers on a node they share (only
+        peers bound to different nodes cannot meet)."""
+        if not peers:
+            return
+        stored, _ = self.list(KINDS["BGPPeer"])
+        names = {p.name for p in peers}
+        every = peers + [s.resource for s in stored if s.resource.name not in names]
+        for i, peer in enumerate(every):
+            for other in every[i + 1:]:
+                a, b = peer.spec, other.spec
+                if "peerIP" in a and a.get("peerIP") == b.get("peerIP") \
+                        and a["asNumber"] != b["asNumber"] \
+                        and not ("node" in a and "node" in b and a["node"] != b["node"]):
+                    raise ResourceError(f"{peer.named}: peerIP {a['peerIP']} is AS "
+                                        f"{a['asNumber']} here and AS {b['asNumber']} in "
+                                        f"{other.title}; nothing was written")
 
     def _check_pools(self, pools: list[Resource]) -> None:
         """No two pools overlap, counting the stored ones these do not replace; none shrinks
