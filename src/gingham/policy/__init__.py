@@ -1,0 +1,1 @@
+"""Kubernetes NetworkPolicy: the document checked into values, and what it allows."""
