@@ -1,5 +1,6 @@
 """What an agent has put into a node's kernel, as a benchmark sees it: its routes (protocol
-71, main table), permanent neighbour entries and VXLAN FDB entries.
+71, main table, or another protocol's: BIRD's 12), permanent neighbour entries and VXLAN FDB
+entries.
 
 Two ways to look: a netlink dump of what is there now, and a monitor of the notifications
 of several namespaces, read by one thread that sleeps in select, so each notification is
@@ -50,7 +51,7 @@ class Change:
     entry: Entry
 
 
-def decode(data: bytes) -> list[Change]:
+def decode(data: bytes, proto: int = GINGHAM_PROTO) -> list[Change]:
     """The agent's entries among the netlink messages in `data` (notifications, or the
     answers of a dump). A neighbour that stops being permanent counts as gone: deleting one
     first marks it failed, then removes it."""
@@ -62,7 +63,7 @@ def decode(data: bytes) -> list[Change]:
             break
         body = data[at + NLMSG.size:at + size]
         if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-            change = _route(kind, body)
+            change = _route(kind, body, proto)
         elif kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
             change = _neighbour(kind, body)
         else:
@@ -73,12 +74,12 @@ def decode(data: bytes) -> list[Change]:
     return changes
 
 
-def _route(kind: int, body: bytes) -> Change | None:
+def _route(kind: int, body: bytes, wanted: int) -> Change | None:
     family, dst_len, _, _, table, proto, _, _, _ = RTMSG.unpack_from(body)
     attrs = netns.attributes(body, RTMSG.size)
     if RTA_TABLE in attrs:
         (table,) = struct.unpack("=I", attrs[RTA_TABLE][:4])
-    if family != socket.AF_INET or proto != GINGHAM_PROTO or table != MAIN_TABLE \
+    if family != socket.AF_INET or proto != wanted or table != MAIN_TABLE \
             or RTA_DST not in attrs:
         return None
     dst = f"{socket.inet_ntoa(attrs[RTA_DST][:4])}/{dst_len}"
@@ -151,11 +152,13 @@ Listener = Callable[[str, Change, float], None]
 class KernelWatch:
     """The notifications of several namespaces (label -> namespace name), for `kinds` of
     entries. `expect` arms changes before they are made, `wait` returns when each namespace
-    has shown each of them; `listener`, if given, sees every change as it is read."""
+    has shown each of them; `listener`, if given, sees every change as it is read; `proto`:
+    whose routes."""
 
     def __init__(self, namespaces: dict[str, str], kinds: Iterable[str] = (ROUTE,),
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, proto: int = GINGHAM_PROTO) -> None:
         self.labels = list(namespaces)
+        self.proto = proto
         kinds = set(kinds)
         groups = (RTMGRP_IPV4_ROUTE if ROUTE in kinds else 0) | \
             (RTMGRP_NEIGH if kinds & {NEIGH, FDB} else 0)
@@ -219,7 +222,7 @@ class KernelWatch:
                     self._record(key.data, data, now)
 
     def _record(self, label: str, data: bytes, now: float) -> None:
-        changes = [c for c in decode(data) if c.entry.kind in self.kinds]
+        changes = [c for c in decode(data, self.proto) if c.entry.kind in self.kinds]
         if self.listener is not None:
             for change in changes:
                 self.listener(label, change, now)
