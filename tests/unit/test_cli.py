@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from gingham.cli import main
@@ -69,6 +70,131 @@ def test_config_set_refuses_an_unknown_host_gw_option(tmp_path):
     assert refused.exit_code == 1
     assert "unknown host-gw option(s): Foo (known: none)" in refused.output
     assert json.loads(run("config", "show", env=env).output)["Backend"] == {"Type": "host-gw"}
+
+
+# -- NetworkPolicy resources --------------------------------------------------------------
+
+POLICIES = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web}
+spec:
+  podSelector:
+    matchLabels: {app: web}
+    matchExpressions: [{key: tier, operator: In, values: [front, edge]}]
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"""
+
+
+def store_env(tmp_path: Path) -> dict:
+    return {"GINGHAM_DATASTORE": "embedded", "GINGHAM_STORE_PATH": str(tmp_path / "s.db")}
+
+
+def stored_policies(tmp_path: Path) -> dict[str, bytes]:
+    from gingham.store.sqlite import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path / "s.db")
+    try:
+        kvs, _ = store.range("/gingham/network/networkpolicies/")
+        return {kv.key: kv.value for kv in kvs}
+    finally:
+        store.close()
+
+
+def test_network_policies_apply_and_get_as_kubectl_shows_them(tmp_path):
+    env, path = store_env(tmp_path), tmp_path / "np.yaml"
+    path.write_text(POLICIES)
+    assert run("apply", "-f", str(path), env=env).output == (
+        "Successfully applied 2 'NetworkPolicy' resource(s)\n")
+    assert run("get", "networkpolicies", env=env).output.splitlines() == [
+        "NAME  POD-SELECTOR",
+        "web   app=web,tier in (edge,front)"]
+    assert run("get", "netpol", "-n", "shop", env=env).output.splitlines() == [
+        "NAME      POD-SELECTOR",
+        "deny-all  <none>"]
+    assert run("get", "networkpolicy", "-A", "-o", "wide", env=env).output.splitlines() == [
+        "NAMESPACE  NAME      POD-SELECTOR                  POLICY-TYPES    INGRESS-RULES  "
+        "EGRESS-RULES",
+        "default    web       app=web,tier in (edge,front)  Ingress         1              0",
+        "shop       deny-all  <none>                        Ingress,Egress  0              0"]
+    assert run("get", "networkpolicies", "-n", "other", env=env).output == "NAME  POD-SELECTOR\n"
+    listed = yaml.safe_load(run("get", "networkpolicies", "-A", "-o", "yaml", env=env).output)
+    assert (listed["apiVersion"], listed["kind"]) == ("networking.k8s.io/v1", "NetworkPolicyList")
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed["items"]] == [
+        ("default", "web"), ("shop", "deny-all")]
+    one = json.loads(run("get", "networkpolicies", "web", "-o", "json", env=env).output)
+    assert one == listed["items"][0] and one["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 80}]
+    assert yaml.safe_load(run("get", "netpol", "deny-all", "-n", "shop", "-o", "yaml",
+                              env=env).output) == listed["items"][1]
+
+
+def test_network_policy_get_output_applies_back_unchanged(tmp_path):
+    env, path = store_env(tmp_path), tmp_path / "np.yaml"
+    path.write_text(POLICIES)
+    run("apply", "-f", str(path), env=env)
+    before = stored_policies(tmp_path)
+    assert sorted(before) == ["/gingham/network/networkpolicies/default/web",
+                              "/gingham/network/networkpolicies/shop/deny-all"]
+    # a NetworkPolicyList of every namespace, and one policy's document
+    for output, which in (("yaml", ("-A",)), ("json", ("web", "-n", "default"))):
+        shown = tmp_path / f"shown.{output}"
+        shown.write_text(run("get", "networkpolicies", *which, "-o", output, env=env).output)
+        assert run("apply", "-f", str(shown), env=env).exit_code == 0
+        assert stored_policies(tmp_path) == before
+
+
+def test_network_policies_delete_by_name_and_by_file(tmp_path):
+    env, path = store_env(tmp_path), tmp_path / "np.yaml"
+    path.write_text(POLICIES)
+    run("apply", "-f", str(path), env=env)
+    missing = run("delete", "netpol", "deny-all", env=env)  # not in `default`
+    assert (missing.exit_code, missing.stderr) == (
+        1, "gingham: error: NetworkPolicy default/deny-all: does not exist; nothing was "
+           "deleted\n")
+    assert run("delete", "networkpolicy", "deny-all", "-n", "shop", env=env).output == (
+        "Successfully deleted 1 'NetworkPolicy' resource(s)\n")
+    assert list(stored_policies(tmp_path)) == ["/gingham/network/networkpolicies/default/web"]
+    # the file's deny-all is gone: nothing of the file is deleted
+    assert run("delete", "-f", str(path), env=env).exit_code == 1
+    assert len(stored_policies(tmp_path)) == 1
+    path.write_text(POLICIES.partition("---")[0])
+    assert run("delete", "-f", str(path), env=env).exit_code == 0
+    assert stored_policies(tmp_path) == {}
+    wrong = run("get", "networkpolicies", "web", "-A", env=env)
+    assert wrong.exit_code == 2 and "give -n, not -A" in wrong.output
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("{podSelector: {}, ingress: [{form: []}]}", "unknown field spec.ingress[0].form"),
+    ("{podSelector: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}}",
+     "spec.podSelector.matchExpressions[0].operator 'Equals' is not one of In, NotIn, "
+     "Exists, DoesNotExist"),
+    ("{podSelector: {}, egress: [{ports: [{port: 0}]}]}",
+     "spec.egress[0].ports[0].port 0 is outside 1-65535"),
+    ("{podSelector: {}, ingress: [{ports: [{port: 443, endPort: 80}]}]}",
+     "spec.ingress[0].ports[0].endPort 80 is below port 443"),
+    ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0}}]}]}",
+     "spec.egress[0].to[0].ipBlock.cidr '10.0.0.0' is not a CIDR (address/length)"),
+    ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, "
+     "except: [10.0.0.0/16]}}]}]}",
+     "spec.egress[0].to[0].ipBlock.except[0] 10.0.0.0/16 is not strictly inside cidr "
+     "10.0.0.0/16"),
+])
+def test_a_bad_network_policy_is_refused_in_one_line_and_nothing_is_written(tmp_path, spec,
+                                                                            says):
+    env, path = store_env(tmp_path), tmp_path / "np.yaml"
+    path.write_text(f"{POLICIES}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                    f"metadata: {{name: bad, namespace: shop}}\nspec: {spec}\n")
+    result = run("apply", "-f", str(path), env=env)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"gingham: error: {path}: document 3 (NetworkPolicy bad): {says}\n"
+    assert stored_policies(tmp_path) == {}
 
 
 # -- YAML files ---------------------------------------------------------------------------

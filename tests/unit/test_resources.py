@@ -178,3 +178,94 @@ metadata: {name: shop, labels: {team: a}}
     with pytest.raises(ResourceError, match=r"containerPort 0 is outside"):
         load("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
              "spec: {containers: [{ports: [{containerPort: 0}]}]}\n")
+
+
+# -- NetworkPolicy (networking.k8s.io/v1), read by the policy model ------------------------
+
+NETPOL = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+WEB = NETPOL + """metadata: {name: web, labels: {team: shop}}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+    ports: [{port: 8000, endPort: 8100}]
+"""
+
+
+def netpol(name: str, spec: str, namespace: str = "shop") -> str:
+    return f"{NETPOL}metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+
+
+def test_a_network_policy_is_stored_as_its_canonical_document(resources):
+    import json
+
+    from gingham.policy.spec import parse_policy
+    from gingham.policy.spec import to_document as policy_document
+
+    (web,) = load(WEB, "web.yaml")
+    assert (web.namespace, web.name, web.labels) == ("default", "web", {"team": "shop"})
+    resources.write(APPLY, [web])
+    kv = resources.store.get("/gingham/network/networkpolicies/default/web")
+    assert kv is not None  # the key other code (the policy agent) reads
+    stored = json.loads(kv.value.decode("utf-8"))
+    assert stored == policy_document(parse_policy(yaml.safe_load(WEB)))
+    assert stored["spec"]["policyTypes"] == ["Ingress"]  # defaults written out
+    assert stored["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8000,
+                                                      "endPort": 8100}]
+    assert resources.get(KINDS["NetworkPolicy"], "web", "default").resource == web
+    assert load(yaml.safe_dump(to_document(web, "networking.k8s.io/v1"))) == [web]
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("{podSelector: {}, ingres: []}", "unknown field spec.ingres"),
+    ("{podSelector: {matchExpressions: [{key: app, operator: Is, values: [a]}]}}",
+     "spec.podSelector.matchExpressions[0].operator 'Is' is not one of In, NotIn"),
+    ("{podSelector: {}, ingress: [{ports: [{port: 70000}]}]}",
+     "spec.ingress[0].ports[0].port 70000 is outside 1-65535"),
+    ("{podSelector: {}, egress: [{ports: [{port: 80, endPort: 70}]}]}",
+     "spec.egress[0].ports[0].endPort 70 is below port 80"),
+    ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.300/8}}]}]}",
+     "spec.ingress[0].from[0].ipBlock.cidr '10.0.0.300/8' is not a CIDR"),
+    ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, "
+     "except: [10.9.0.0/24]}}]}]}",
+     "spec.ingress[0].from[0].ipBlock.except[0] 10.9.0.0/24 is not strictly inside cidr"),
+    ("{}", "spec.podSelector is required"),
+])
+def test_a_bad_network_policy_is_one_line_naming_the_file_document_and_field(spec, says):
+    with pytest.raises(ResourceError) as err:
+        load(WEB + "---\n" + netpol("bad", spec), "policies.yaml")
+    assert str(err.value).startswith(f"policies.yaml: document 2 (NetworkPolicy bad): {says}")
+    assert "\n" not in str(err.value)
+
+
+def test_network_policy_metadata_and_api_version_are_checked():
+    with pytest.raises(ResourceError, match=r"^p.yaml: document 1 \(NetworkPolicy p\): "
+                                            r"apiVersion must be networking.k8s.io/v1"):
+        load("apiVersion: v1\nkind: NetworkPolicy\nmetadata: {name: p}\n"
+             "spec: {podSelector: {}}\n", "p.yaml")
+    with pytest.raises(ResourceError, match=r"metadata.namespace 'a.b' is not a DNS-1123"):
+        load(netpol("p", "{podSelector: {}}", namespace="a.b"))
+
+
+def test_network_policies_are_per_namespace_and_a_file_is_written_whole(resources):
+    resources.write(APPLY, load(netpol("deny", "{podSelector: {}}", "shop")))
+    # one name in two namespaces: two policies
+    resources.write(CREATE, load(netpol("deny", "{podSelector: {}}", "default")))
+    # the second exists: the first, new, is not created either
+    with pytest.raises(ResourceError, match=r"document 2 \(NetworkPolicy deny\): already"):
+        resources.write(CREATE, load(netpol("fresh", "{podSelector: {}}") + "---\n"
+                                     + netpol("deny", "{podSelector: {}}")))
+    listed, problems = resources.list(KINDS["NetworkPolicy"])
+    assert [(s.resource.namespace, s.resource.name) for s in listed] == [
+        ("default", "deny"), ("shop", "deny")] and not problems
+    resources.delete(load(netpol("deny", "{podSelector: {}}", "shop")))
+    assert resources.get(KINDS["NetworkPolicy"], "deny", "shop") is None
+    assert resources.get(KINDS["NetworkPolicy"], "deny", "default") is not None
+
+
+def test_network_policy_kind_names():
+    found = kind_named("networkpolicies")
+    assert found is kind_named("networkpolicy") is kind_named("netpol") is kind_named(
+        "NetworkPolicy") is KINDS["NetworkPolicy"]
+    assert found.key("/gingham/network", "web", "shop") == (
+        "/gingham/network/networkpolicies/shop/web")

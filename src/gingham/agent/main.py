@@ -25,6 +25,8 @@ from gingham.agent.server import PluginServer
 from gingham.agent.status import AgentStatus, StatusFile
 from gingham.dataplane import masquerade
 from gingham.model.files import parse_subnet_env
+from gingham.policy.kinds import policy_kinds
+from gingham.policy.manager import PolicyManager
 from gingham.subnet.kinds import ConfigKind, LeaseKind
 from gingham.subnet.lease import config_key
 from gingham.sync.informer import Informer
@@ -108,10 +110,12 @@ class Agent:
         # The fixed order: a new backend before anything through it; sets before routes
         # (a node's address is in the masquerade node set before its pods are routed, and
         # the routes manager's status says "synced" only once both are done).
-        self.loop = ReconcileLoop([follower, masq, routes], self._report)
+        policy = PolicyManager(config.node_name, bridged=True)
+        self.loop = ReconcileLoop([follower, masq, routes, policy], self._report)
         self.informers = [Informer(m.registry.store, kind, self.loop.deliver)
                           for kind in (ConfigKind(m.registry.prefix),
-                                       LeaseKind(m.registry.prefix))]
+                                       LeaseKind(m.registry.prefix),
+                                       *policy_kinds(m.registry.prefix))]
         self.loop.start()
         for informer in self.informers:
             informer.start()

@@ -39,6 +39,8 @@ from gingham.calico.tunnels import IPIP_OVERHEAD, VXLAN_OVERHEAD
 from gingham.dataplane import sysctl
 from gingham.ipam.block_ipam import BlockIpam
 from gingham.model.files import render_conflist, write_atomically
+from gingham.policy.kinds import policy_kinds
+from gingham.policy.manager import PolicyManager
 from gingham.resources.document import ResourceError
 from gingham.resources.kinds import KINDS
 from gingham.resources.store import CREATE, ResourceStore
@@ -95,8 +97,10 @@ class CalicoAgent:
         # are in place before its pods are routed.
         routes = BlockRoutes(self.config.node_name, uplink, self.status, ipam,
                              lambda: self.config.labels, bgp=self.config.bgp)
-        managers: list = [NatOutgoing(), routes]
-        kinds: list = [PoolKind(prefix), NodeKind(prefix), BlockKind(prefix)]
+        managers: list = [NatOutgoing(), routes, PolicyManager(self.config.node_name,
+                                                               bridged=False)]
+        kinds: list = [PoolKind(prefix), NodeKind(prefix), BlockKind(prefix),
+                       *policy_kinds(prefix)]
         if not self.config.bgp:
             retire_bird(self.config.run_dir)
         else:

@@ -55,7 +55,23 @@ def emit(rows: list[dict], output: str, columns: list[str], wide: list[str],
                                 [tuple(cell(r.get(c, "")) for c in cols) for r in rows]))
 
 
-@click.group()
+class _KindNames(click.Group):
+    """A group whose commands are resource kinds' plurals, also found by the kinds' other
+    names (`get netpol`, `get pool`), as kubectl and calicoctl take them."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from gingham.resources.kinds import ResourceError, kind_named
+
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            try:
+                command = super().get_command(ctx, kind_named(cmd_name).plural)
+            except ResourceError:
+                return None
+        return command
+
+
+@click.group(cls=_KindNames)
 def get() -> None:
     """Show cluster objects."""
 

@@ -1,5 +1,6 @@
 """calicoctl's resource verbs: `gingham apply|create|replace|delete -f FILE` and
-`gingham get ippools|bgppeers|bgpconfigurations [NAME]`."""
+`gingham get ippools|bgppeers|bgpconfigurations|networkpolicies [NAME]`, the namespaced
+ones with kubectl's `-n NS` (default `default`) and `-A`."""
 
 from __future__ import annotations
 
@@ -70,10 +71,12 @@ apply, create, replace = (_writer(v) for v in ("apply", "create", "replace"))
               help="Delete the resources this file names.")
 @click.argument("kind", required=False)
 @click.argument("names", nargs=-1)
+@click.option("-n", "--namespace", default="default", show_default=True,
+              help="The namespace of the NAMEs, for a namespaced KIND.")
 @datastore_options
 @click.pass_context
 def delete(ctx: click.Context, path: str | None, kind: str | None, names: tuple[str, ...],
-           **values) -> None:
+           namespace: str, **values) -> None:
     """Delete the resources in FILE, or KIND NAME... (e.g. `delete ippool pool2`)."""
     if (path is None) == (kind is None):
         raise click.UsageError("give either -f FILE or KIND NAME...")
@@ -84,12 +87,25 @@ def delete(ctx: click.Context, path: str | None, kind: str | None, names: tuple[
         if not names:
             raise click.UsageError(f"name the {kind} to delete")
         found = kind_named(kind)
-        resources = [Resource(found.kind, name, {}) for name in names]
+        resources = [Resource(found.kind, name, {}, namespace=namespace if found.namespaced
+                              else "") for name in names]
     _resource_store(ctx, values).delete(resources)
     _done("delete", resources)
 
 
-def _table_rows(kind: ResourceKind, resources: list[Resource], wide: bool) -> list[tuple]:
+def selector_text(selector: dict[str, Any]) -> str:
+    """A label selector as kubectl prints one (`app=web,tier in (a,b),!old`, by key), or
+    `<none>` for the empty selector, which selects every pod."""
+    parts = [(key, f"{key}={value}") for key, value in selector.get("matchLabels", {}).items()]
+    for expression in selector.get("matchExpressions", []):
+        key, values = expression["key"], ",".join(sorted(expression.get("values", [])))
+        parts.append((key, {"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                            "Exists": key, "DoesNotExist": f"!{key}"}[expression["operator"]]))
+    return ",".join(text for _, text in sorted(parts, key=lambda part: part[0])) or "<none>"
+
+
+def _table_rows(kind: ResourceKind, resources: list[Resource], wide: bool,
+                namespaces: bool = False) -> list[tuple]:
     if kind.kind == "IPPool":
         head = ("NAME", "CIDR") + (("NAT", "IPIPMODE", "VXLANMODE", "DISABLED") if wide
                                    else ()) + ("SELECTOR",)
@@ -102,18 +118,28 @@ def _table_rows(kind: ResourceKind, resources: list[Resource], wide: bool) -> li
         rows = [(r.name, r.spec.get("peerIP") or r.spec.get("peerSelector", ""),
                  r.spec.get("node") or r.spec.get("nodeSelector") or "(global)",
                  str(r.spec.get("asNumber", ""))) for r in resources]
+    elif kind.kind == "NetworkPolicy":
+        head = ("NAME", "POD-SELECTOR") + (("POLICY-TYPES", "INGRESS-RULES", "EGRESS-RULES")
+                                           if wide else ())
+        rows = [(r.name, selector_text(r.spec["podSelector"]))
+                + ((",".join(r.spec["policyTypes"]), str(len(r.spec.get("ingress", []))),
+                    str(len(r.spec.get("egress", [])))) if wide else ()) for r in resources]
     else:
         head = ("NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER")
         rows = [(r.name, r.spec["logSeverityScreen"],
                  str(r.spec["nodeToNodeMeshEnabled"]).lower(), str(r.spec.get("asNumber", "-")))
                 for r in resources]
+    if namespaces:  # -A: kubectl's first column
+        head = ("NAMESPACE", *head)
+        rows = [(r.namespace, *row) for r, row in zip(resources, rows, strict=True)]
     return [head, *rows]
 
 
 def _show(kind: ResourceKind, resources: list[Resource], output: str, single: bool,
-          rows: list[tuple] | None = None) -> None:
+          rows: list[tuple] | None = None, namespaces: bool = False) -> None:
     if output in ("table", "wide"):
-        click.echo(format_table(rows or _table_rows(kind, resources, output == "wide")))
+        click.echo(format_table(rows or _table_rows(kind, resources, output == "wide",
+                                                    namespaces)))
         return
     docs = [to_document(r, kind.api_version) for r in resources]
     shown: dict[str, Any] = docs[0] if single else {
@@ -125,29 +151,38 @@ def _show(kind: ResourceKind, resources: list[Resource], output: str, single: bo
 
 
 def _getter(kind: ResourceKind):
-    @get.command(kind.plural)
     @click.argument("names", nargs=-1)
     @click.option("-o", "--output", type=OUTPUTS, default="table")
     @datastore_options
     @click.pass_context
-    def command(ctx: click.Context, names: tuple[str, ...], output: str, **values) -> None:
+    def command(ctx: click.Context, names: tuple[str, ...], output: str, namespace: str = "",
+                all_namespaces: bool = False, **values) -> None:
+        if names and all_namespaces:
+            raise click.UsageError("a NAME is looked up in one namespace: give -n, not -A")
         store = _resource_store(ctx, values)
         if names:
             found = []
             for name in names:
-                stored = store.get(kind, name)
+                stored = store.get(kind, name, namespace)
                 if stored is None:
-                    raise LookupError(f"{kind.kind} {name} does not exist")
+                    missing = Resource(kind.kind, name, {}, namespace=namespace)
+                    raise LookupError(f"{missing.title} does not exist")
                 found.append(stored.resource)
         else:
             listed, problems = store.list(kind)
-            found = [s.resource for s in listed]
+            found = [s.resource for s in listed
+                     if all_namespaces or s.resource.namespace == namespace]
             for problem in problems:
                 click.echo(f"warning: {problem}", err=True)
-        _show(kind, found, output, single=len(names) == 1)
+        _show(kind, found, output, single=len(names) == 1, namespaces=all_namespaces)
 
-    command.help = f"{kind.kind} resources, all or those named."
-    return command
+    if kind.namespaced:  # as kubectl: one namespace, `default` unless told, or all with -A
+        command = click.option("-n", "--namespace", default="default", show_default=True,
+                               help="Only this namespace.")(
+            click.option("-A", "--all-namespaces", is_flag=True,
+                         help="Every namespace (a NAMESPACE column first).")(command))
+    return get.command(kind.plural, help=f"{kind.kind} resources, all or those named.")(
+        command)
 
 
 for _kind in KINDS.values():

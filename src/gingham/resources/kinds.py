@@ -1,6 +1,7 @@
-"""The resource kinds the CLI takes (calicoctl's projectcalico.org/v3 shapes): how each is
-checked, where it lives in the datastore and how `get` shows it. Checks that look at one
-document live here; those across documents (overlapping pools) in resources/store.py.
+"""The resource kinds the CLI takes (calicoctl's projectcalico.org/v3 shapes, and Kubernetes'
+Pod, Namespace and NetworkPolicy): how each is checked, where it lives in the datastore and
+how `get` shows it. Checks that look at one document live here; those across documents
+(overlapping pools) in resources/store.py.
 """
 
 from __future__ import annotations
@@ -253,11 +254,27 @@ def check_pod(fields: Fields) -> dict[str, Any]:
     return spec
 
 
+def parse_network_policy(raw: RawDocument) -> Resource:
+    """Kubernetes' NetworkPolicy as the policy model reads it, its spec in canonical form
+    (what is stored is then `to_document(policy)`)."""
+    # imported here: policy/spec.py takes NAME and LABEL_VALUE from this module
+    from gingham.policy.spec import PolicyError, parse_policy, to_document
+
+    document = {"apiVersion": raw.api_version, "kind": raw.kind, "metadata": raw.metadata,
+                "spec": raw.spec}
+    try:
+        policy = parse_policy(document, raw.where)
+    except PolicyError as err:
+        raise ResourceError(str(err)) from None
+    return Resource(raw.kind, policy.name, to_document(policy)["spec"], dict(policy.labels),
+                    policy.namespace, raw.where)
+
+
 @dataclass(frozen=True)
 class ResourceKind:
     kind: str
     plural: str  # `gingham get <plural>` and the datastore folder
-    check: Callable[[Fields], dict[str, Any]]
+    check: Callable[[Fields], dict[str, Any]] | None  # None: `model` parses the document
     api_version: str = CALICO_API
     namespaced: bool = False
     aliases: tuple[str, ...] = ()  # other names `get` and `delete` take
@@ -265,6 +282,9 @@ class ResourceKind:
     # Node over the node record an agent writes, Pod and Namespace over the workload
     # records the CNI service keeps.
     record: Any = None
+    # A kind with a model of its own (policy/spec.py) parses its whole document with it,
+    # metadata too, so that what `apply` takes is what the model takes.
+    model: Callable[[RawDocument], Resource] | None = None
 
     def key(self, prefix: str, name: str, namespace: str = "") -> str:
         return f"{self.folder(prefix)}{namespace + '/' if self.namespaced else ''}{name}"
@@ -279,6 +299,9 @@ class ResourceKind:
         if raw.api_version != self.api_version:
             raise ResourceError(f"{raw.where}: apiVersion must be {self.api_version}, not "
                                 f"{raw.api_version!r}")
+        if self.model is not None:
+            return self.model(raw)
+        assert self.check is not None, self.kind
         meta = Fields(raw.metadata, raw.where)
         name = meta.take("name", str, required=True)
         if len(name) > 253 or not NAME.fullmatch(name):
@@ -308,6 +331,10 @@ KINDS = {k.kind: k for k in (
                  aliases=("namespace", "ns"), record=NAMESPACE_RECORDS),
     ResourceKind("Pod", "pods", check_pod, api_version="v1", namespaced=True,
                  aliases=("pod",), record=POD_RECORDS),
+    # not `policy`: calicoctl gives that name to Calico's own (projectcalico.org/v3) kind
+    ResourceKind("NetworkPolicy", "networkpolicies", None,
+                 api_version="networking.k8s.io/v1", namespaced=True,
+                 aliases=("networkpolicy", "netpol"), model=parse_network_policy),
 )}
 
 

@@ -1,0 +1,84 @@
+"""The NetworkPolicy manager of a node, in either cluster mode: pods, namespaces and
+policies in; the node's `inet gingham_policy` table out (policy/compile.py), each change one
+atomic transaction of only what differs (dataplane/nft_diff.py).
+
+No pod of this node isolated, no table: its `ct` expressions would switch conntrack on for
+every packet the node forwards, a cost a cluster without policy must not pay.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from gingham.dataplane import nft
+from gingham.dataplane.nft_diff import plan_update
+from gingham.policy.compile import FAMILY, TABLE, render_policy_table
+from gingham.policy.evaluate import NamespaceView, PodView
+from gingham.policy.kinds import NAMESPACES, PODS, POLICIES
+from gingham.policy.spec import NetworkPolicy
+from gingham.sync.kinds import Undecodable
+from gingham.sync.whole import WholePictureManager
+
+log = logging.getLogger("gingham.policy.manager")
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+class PolicyManager(WholePictureManager):
+    name = "network-policy"
+    kinds = (PODS, NAMESPACES, POLICIES)
+
+    def __init__(self, node: str, bridged: bool) -> None:
+        """`bridged`: this node's pods hang off a bridge (Flannel mode), whose traffic
+        meets the forward hook only through br_netfilter."""
+        super().__init__()
+        self.node = node
+        self.bridged = bridged
+        self._applied: list[dict] | None = None  # the rendering in the kernel
+        self._resync = True
+
+    def resync(self) -> None:
+        super().resync()
+        self._resync = True
+
+    def apply_whole(self) -> list[str]:
+        problems = [f"{key}: {obj.why}" for kind in self.kinds
+                    for key, obj in self.objects[kind].items() if isinstance(obj, Undecodable)]
+        pods = self.of(PODS, PodView)
+        local = {p.ref for p in pods if p.node == self.node}
+        want = render_policy_table(self.of(POLICIES, NetworkPolicy), pods,
+                                   self.of(NAMESPACES, NamespaceView), local)
+        if self._resync and self._applied is not None \
+                and (nft.list_table(FAMILY, TABLE) is None) != (not self._applied):
+            self._applied = None  # the kernel's table is not what was applied: replace it
+        self._resync = False
+        if want != self._applied:
+            self._write(want)
+        if want and self.bridged and _bridge_nf_off():
+            problems.append("bridged pod traffic bypasses NetworkPolicy: "
+                            f"{BRIDGE_NF} is not 1 in this node")
+        return problems
+
+    def _write(self, want: list[dict]) -> None:
+        if not want:
+            if nft.list_table(FAMILY, TABLE) is not None:
+                nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+                log.info("no pod here is isolated by a NetworkPolicy: table removed")
+        else:
+            update = plan_update(self._applied, want) if self._applied else None
+            try:
+                nft.run(want if update is None else update)
+            except nft.NftError as err:
+                if update is None:
+                    raise
+                # The table is not what was last applied (a hand edit): replace it whole.
+                log.warning("updating the policy table failed (%s); replacing it", err)
+                nft.run(want)
+        self._applied = want
+
+
+def _bridge_nf_off() -> bool:
+    try:
+        return BRIDGE_NF.read_text().strip() != "1"
+    except OSError:
+        return True  # br_netfilter is not loaded
