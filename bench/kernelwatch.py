@@ -22,6 +22,7 @@ from gingham.dataplane.routes import GINGHAM_PROTO, MAIN_TABLE
 from gingham.lab import procs
 
 ROUTE, NEIGH, FDB = "route", "neigh", "fdb"
+CHAIN = "chain"  # an nftables chain made or removed (NETLINK_NETFILTER, on its own)
 NEW, DEL = "new", "del"
 RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE = 0x4, 0x40
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
@@ -35,6 +36,10 @@ NUD_PERMANENT = 0x80
 NLMSG = struct.Struct("=IHHII")
 RTMSG = struct.Struct("=BBBBBBBBI")
 NDMSG = struct.Struct("=BBHiHBB")
+NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN = (10 << 8) | 3, (10 << 8) | 5  # subsystem nftables
+NFTA_CHAIN_NAME = 3
+NFGENMSG_SIZE = 4
 SO_RCVBUFFORCE = 33  # SO_RCVBUF past rmem_max (root); Python's socket module lacks it
 RECV_BUFFER = 64 << 20  # a join programs ~3 entries per peer at once; none may be dropped
 
@@ -49,6 +54,24 @@ class Entry:
 class Change:
     op: str  # NEW or DEL
     entry: Entry
+
+
+def decode_chains(data: bytes) -> list[Change]:
+    """The nftables chains made or removed among the notifications in `data`."""
+    changes = []
+    at = 0
+    while at + NLMSG.size <= len(data):
+        size, kind, _, _, _ = NLMSG.unpack_from(data, at)
+        if size < NLMSG.size:
+            break
+        if kind in (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN):
+            attrs = netns.attributes(data[at + NLMSG.size:at + size], NFGENMSG_SIZE)
+            if NFTA_CHAIN_NAME in attrs:
+                name = attrs[NFTA_CHAIN_NAME].rstrip(b"\0").decode()
+                changes.append(Change(NEW if kind == NFT_MSG_NEWCHAIN else DEL,
+                                      Entry(CHAIN, name)))
+        at += (size + 3) & ~3
+    return changes
 
 
 def decode(data: bytes, proto: int = GINGHAM_PROTO) -> list[Change]:
@@ -102,10 +125,10 @@ def _neighbour(kind: int, body: bytes) -> Change | None:
     return None
 
 
-def _socket_in(ns: str, groups: int = 0) -> socket.socket:
+def _socket_in(ns: str, groups: int = 0, protocol: int = 0) -> socket.socket:
     # A socket stays in the namespace it was made in: step in, make it, step out.
     with netns.entered(procs.netns_path(ns)):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
         sock.bind((0, groups))
@@ -153,7 +176,7 @@ class KernelWatch:
     """The notifications of several namespaces (label -> namespace name), for `kinds` of
     entries. `expect` arms changes before they are made, `wait` returns when each namespace
     has shown each of them; `listener`, if given, sees every change as it is read; `proto`:
-    whose routes."""
+    whose routes. CHAIN is watched alone (another netlink family)."""
 
     def __init__(self, namespaces: dict[str, str], kinds: Iterable[str] = (ROUTE,),
                  listener: Listener | None = None, proto: int = GINGHAM_PROTO) -> None:
@@ -162,6 +185,10 @@ class KernelWatch:
         kinds = set(kinds)
         groups = (RTMGRP_IPV4_ROUTE if ROUTE in kinds else 0) | \
             (RTMGRP_NEIGH if kinds & {NEIGH, FDB} else 0)
+        protocol = 0
+        if CHAIN in kinds:
+            assert kinds == {CHAIN}, "chains come on a socket of their own"
+            groups, protocol = 1 << (NFNLGRP_NFTABLES - 1), NETLINK_NETFILTER
         self.kinds = kinds
         self.listener = listener
         self.overruns = 0
@@ -173,7 +200,7 @@ class KernelWatch:
         self._stop = threading.Event()
         try:
             for label, ns in namespaces.items():
-                sock = _socket_in(ns, groups)
+                sock = _socket_in(ns, groups, protocol)
                 self._socks.append(sock)
                 sock.setblocking(False)
                 self._selector.register(sock, selectors.EVENT_READ, label)
@@ -222,7 +249,8 @@ class KernelWatch:
                     self._record(key.data, data, now)
 
     def _record(self, label: str, data: bytes, now: float) -> None:
-        changes = [c for c in decode(data, self.proto) if c.entry.kind in self.kinds]
+        changes = decode_chains(data) if CHAIN in self.kinds else decode(data, self.proto)
+        changes = [c for c in changes if c.entry.kind in self.kinds]
         if self.listener is not None:
             for change in changes:
                 self.listener(label, change, now)

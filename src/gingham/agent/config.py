@@ -43,6 +43,7 @@ class AgentConfig:
     workers: int = 8
     mode: str = "flannel"  # or calico: the cluster mode this agent runs (calico/kinds.py)
     bgp: bool = False  # calico: BIRD announces and learns the blocks (calico/bird.py)
+    log_denied: bool = False  # packets NetworkPolicy drops go to NFLOG (policy/flowlog.py)
 
     def __post_init__(self) -> None:
         check_node_name(self.node_name)

@@ -26,7 +26,7 @@ from gingham.agent.status import AgentStatus, StatusFile
 from gingham.dataplane import masquerade
 from gingham.model.files import parse_subnet_env
 from gingham.policy.kinds import policy_kinds
-from gingham.policy.manager import PolicyManager
+from gingham.policy.manager import policy_manager
 from gingham.subnet.kinds import ConfigKind, LeaseKind
 from gingham.subnet.lease import config_key
 from gingham.sync.informer import Informer
@@ -110,7 +110,7 @@ class Agent:
         # The fixed order: a new backend before anything through it; sets before routes
         # (a node's address is in the masquerade node set before its pods are routed, and
         # the routes manager's status says "synced" only once both are done).
-        policy = PolicyManager(config.node_name, bridged=True)
+        policy = policy_manager(config, bridged=True)
         self.loop = ReconcileLoop([follower, masq, routes, policy], self._report)
         self.informers = [Informer(m.registry.store, kind, self.loop.deliver)
                           for kind in (ConfigKind(m.registry.prefix),

@@ -40,7 +40,7 @@ from gingham.dataplane import sysctl
 from gingham.ipam.block_ipam import BlockIpam
 from gingham.model.files import render_conflist, write_atomically
 from gingham.policy.kinds import policy_kinds
-from gingham.policy.manager import PolicyManager
+from gingham.policy.manager import policy_manager
 from gingham.resources.document import ResourceError
 from gingham.resources.kinds import KINDS
 from gingham.resources.store import CREATE, ResourceStore
@@ -97,8 +97,7 @@ class CalicoAgent:
         # are in place before its pods are routed.
         routes = BlockRoutes(self.config.node_name, uplink, self.status, ipam,
                              lambda: self.config.labels, bgp=self.config.bgp)
-        managers: list = [NatOutgoing(), routes, PolicyManager(self.config.node_name,
-                                                               bridged=False)]
+        managers: list = [NatOutgoing(), routes, policy_manager(self.config, bridged=False)]
         kinds: list = [PoolKind(prefix), NodeKind(prefix), BlockKind(prefix),
                        *policy_kinds(prefix)]
         if not self.config.bgp:

@@ -76,6 +76,8 @@ def load_config_file(ctx: click.Context, param, path: str | None) -> None:
 @click.option("--bgp/--no-bgp", default=False, show_default=True,
               help="Calico mode: run BIRD, which announces this node's blocks and learns "
                    "the others' (else routes come from the datastore).")
+@click.option("--log-denied/--no-log-denied", default=False, show_default=True,
+              help="Log the packets NetworkPolicy drops (NFLOG) to <run-dir>/flows.jsonl.")
 @click.option("--subnet", "pod_subnet", type=Network(),
               help="Static pod subnet (no datastore), e.g. 10.244.1.0/24.")
 @click.option("--cluster-cidr", type=Network(),

@@ -15,6 +15,7 @@ from gingham.cli.cluster_cmd import config, get
 from gingham.cli.ipam_cmd import ipam
 from gingham.cli.lab_cmd import lab
 from gingham.cli.node_cmd import node
+from gingham.cli.policy_cmd import policy
 from gingham.cli.resource_cmd import apply, create, delete, replace
 from gingham.cli.workload_cmd import label
 
@@ -75,6 +76,7 @@ cli.add_command(config)
 cli.add_command(ipam)
 cli.add_command(label)
 cli.add_command(node)
+cli.add_command(policy)
 for _verb in (apply, create, replace, delete):
     cli.add_command(_verb)
 

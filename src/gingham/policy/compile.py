@@ -41,6 +41,8 @@ FAMILY = "inet"
 TABLE = "gingham_policy"
 EGRESS_PODS, INGRESS_PODS = "egress_pods", "ingress_pods"
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+LOG_GROUP = 100  # NFLOG group of denied packets (policy/flowlog.py reads it)
+LOG_PREFIX_MAX = 127  # nft's limit
 # Which end of the connection's original tuple a direction's peer and pod are.
 PEER_END = {INGRESS: "saddr", EGRESS: "daddr"}
 POD_END = {INGRESS: "daddr", EGRESS: "saddr"}
@@ -148,9 +150,14 @@ def _peer_exprs(peer: Peer, direction: str, namespace: str, table: _Table,
     return [_match(end, f"@{name}")]
 
 
+def policy_chain_name(ref: str, direction: str) -> str:
+    """The chain of a policy's rules of one direction (`ns/name`), on every node."""
+    return _name("pi_" if direction == INGRESS else "pe_", ref)
+
+
 def _policy_chain(policy: NetworkPolicy, direction: str, table: _Table,
                   cluster: _Cluster) -> str:
-    name = _name("pi_" if direction == INGRESS else "pe_", policy.ref)
+    name = policy_chain_name(policy.ref, direction)
     if name in table.chains:
         return name
     rules = []
@@ -163,12 +170,18 @@ def _policy_chain(policy: NetworkPolicy, direction: str, table: _Table,
     return table.chain(name, rules)
 
 
+def deny_prefix(direction: str, pod: str, policies: Iterable[str]) -> str:
+    """What a denied packet is logged with: who was isolated, and by which policies."""
+    text = f"gingham {direction.lower()} {pod} {','.join(policies)}"
+    return text if len(text) <= LOG_PREFIX_MAX else text[:LOG_PREFIX_MAX - 3] + "..."
+
+
 def render_policy_table(policies: Iterable[NetworkPolicy], pods: Iterable[PodView],
-                        namespaces: Iterable[NamespaceView], local: Collection[str]
-                        ) -> list[dict]:
+                        namespaces: Iterable[NamespaceView], local: Collection[str],
+                        log_denied: bool = False) -> list[dict]:
     """The whole table as one transaction that replaces any earlier version atomically,
     or [] when no pod of `local` (the refs, `namespace/name`, of this node's pods) is
-    isolated."""
+    isolated. `log_denied`: each denied packet goes to NFLOG first."""
     cluster = _Cluster(pods, namespaces)
     table = _Table()
     dispatch: dict[str, list] = {EGRESS_PODS: [], INGRESS_PODS: []}
@@ -184,8 +197,12 @@ def render_policy_table(policies: Iterable[NetworkPolicy], pods: Iterable[PodVie
             jumps = [[{"jump": {"target": _policy_chain(p, direction, table, cluster)}}]
                      for p in chosen]
             own = [[_match(_ct(PEER_END[direction]), pod.ip), {"accept": None}]]
+            deny: list[dict] = [{"drop": None}]
+            if log_denied:
+                deny.insert(0, {"log": {"prefix": deny_prefix(
+                    direction, pod.ref, (p.name for p in chosen)), "group": LOG_GROUP}})
             prefix = "in_" if direction == INGRESS else "eg_"
-            chain = table.chain(_name(prefix, pod.ref), [*own, *jumps, [{"drop": None}]])
+            chain = table.chain(_name(prefix, pod.ref), [*own, *jumps, deny])
             dispatch[map_name].append([pod.ip, {"jump": {"target": chain}}])
     if not any(dispatch.values()):
         return []  # no pod here is isolated: no table (policy/manager.py)

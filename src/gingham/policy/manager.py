@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from gingham.agent.config import AgentConfig
 from gingham.dataplane import nft
 from gingham.dataplane.nft_diff import plan_update
 from gingham.policy.compile import FAMILY, TABLE, render_policy_table
 from gingham.policy.evaluate import NamespaceView, PodView
+from gingham.policy.flowlog import FLOWS_FILE, FlowLog
 from gingham.policy.kinds import NAMESPACES, PODS, POLICIES
 from gingham.policy.spec import NetworkPolicy
 from gingham.sync.kinds import Undecodable
@@ -28,12 +30,14 @@ class PolicyManager(WholePictureManager):
     name = "network-policy"
     kinds = (PODS, NAMESPACES, POLICIES)
 
-    def __init__(self, node: str, bridged: bool) -> None:
+    def __init__(self, node: str, bridged: bool, flows: FlowLog | None = None) -> None:
         """`bridged`: this node's pods hang off a bridge (Flannel mode), whose traffic
-        meets the forward hook only through br_netfilter."""
+        meets the forward hook only through br_netfilter. `flows`: denied packets are
+        logged, and read into it."""
         super().__init__()
         self.node = node
         self.bridged = bridged
+        self.flows = flows
         self._applied: list[dict] | None = None  # the rendering in the kernel
         self._resync = True
 
@@ -47,7 +51,8 @@ class PolicyManager(WholePictureManager):
         pods = self.of(PODS, PodView)
         local = {p.ref for p in pods if p.node == self.node}
         want = render_policy_table(self.of(POLICIES, NetworkPolicy), pods,
-                                   self.of(NAMESPACES, NamespaceView), local)
+                                   self.of(NAMESPACES, NamespaceView), local,
+                                   log_denied=self.flows is not None)
         if self._resync and self._applied is not None \
                 and (nft.list_table(FAMILY, TABLE) is None) != (not self._applied):
             self._applied = None  # the kernel's table is not what was applied: replace it
@@ -75,6 +80,15 @@ class PolicyManager(WholePictureManager):
                 log.warning("updating the policy table failed (%s); replacing it", err)
                 nft.run(want)
         self._applied = want
+
+
+def policy_manager(config: AgentConfig, bridged: bool) -> PolicyManager:
+    """An agent's manager, logging denials when the agent was told to."""
+    flows = None
+    if config.log_denied:
+        flows = FlowLog(config.run_dir / FLOWS_FILE)
+        flows.start()
+    return PolicyManager(config.node_name, bridged, flows)
 
 
 def _bridge_nf_off() -> bool:
