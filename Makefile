@@ -18,7 +18,7 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q -m "integration or conformance" tests
 
-BENCHES := cni_latency convergence scale_sim throughput idle_cpu bgp_convergence
+BENCHES := cni_latency convergence scale_sim throughput idle_cpu bgp_convergence policy_scale
 
 # Every bench runs, so all their figures are shown even when one misses its target; the
 # recipe fails with 1 if any bench failed, else with the last non-zero exit (2: a target

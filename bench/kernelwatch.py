@@ -59,18 +59,13 @@ class Change:
 def decode_chains(data: bytes) -> list[Change]:
     """The nftables chains made or removed among the notifications in `data`."""
     changes = []
-    at = 0
-    while at + NLMSG.size <= len(data):
-        size, kind, _, _, _ = NLMSG.unpack_from(data, at)
-        if size < NLMSG.size:
-            break
+    for kind, body in netns.messages(data):
         if kind in (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN):
-            attrs = netns.attributes(data[at + NLMSG.size:at + size], NFGENMSG_SIZE)
+            attrs = netns.attributes(body, NFGENMSG_SIZE)
             if NFTA_CHAIN_NAME in attrs:
                 name = attrs[NFTA_CHAIN_NAME].rstrip(b"\0").decode()
                 changes.append(Change(NEW if kind == NFT_MSG_NEWCHAIN else DEL,
                                       Entry(CHAIN, name)))
-        at += (size + 3) & ~3
     return changes
 
 
@@ -79,12 +74,7 @@ def decode(data: bytes, proto: int = GINGHAM_PROTO) -> list[Change]:
     answers of a dump). A neighbour that stops being permanent counts as gone: deleting one
     first marks it failed, then removes it."""
     changes = []
-    at = 0
-    while at + NLMSG.size <= len(data):
-        size, kind, _, _, _ = NLMSG.unpack_from(data, at)
-        if size < NLMSG.size:
-            break
-        body = data[at + NLMSG.size:at + size]
+    for kind, body in netns.messages(data):
         if kind in (RTM_NEWROUTE, RTM_DELROUTE):
             change = _route(kind, body, proto)
         elif kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
@@ -93,7 +83,6 @@ def decode(data: bytes, proto: int = GINGHAM_PROTO) -> list[Change]:
             change = None
         if change is not None:
             changes.append(change)
-        at += (size + 3) & ~3
     return changes
 
 

@@ -1,9 +1,10 @@
-"""Calico mode with BGP (issue 11, first part): BIRD 2 on every node of a node-to-node
+"""Calico mode with BGP (issue 11): BIRD 2 on every node of a node-to-node
 mesh, the blocks announced and learned into the kernel as `proto bird`, BIRD restarted by
 the agent when it dies."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -14,20 +15,24 @@ from pathlib import Path
 
 import pytest
 
+import waiting
+
 N = ipaddress.IPv4Network
+# BGP sessions come up in seconds: a longer wait than the other tests'.
+eventually = functools.partial(waiting.eventually, timeout=15.0, every=0.2)
 
 
 def routes(lab, node: str) -> list[dict]:
     return json.loads(lab.run(node, "ip", "-j", "route", "show").stdout)
 
 
-def eventually(check, timeout: float = 15.0, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
+def own_block(lab, node: str) -> str:
+    """The node's block, once its blackhole is in the node's kernel (BIRD's, or with VXLAN
+    the agent's, each a moment after the first pod's ADD)."""
+    found: list[str] = []
+    assert eventually(lambda: found.extend(r["dst"] for r in routes(lab, node)
+                                           if r.get("type") == "blackhole") or found)
+    return found[0]
 
 
 def bird_pid(lab, node: str) -> int | None:
@@ -128,7 +133,7 @@ def test_route_reflectors_as_the_seeds_set_them_up(make_lab, cli, tmp_path):
                       and status("node1").count("Established") == 2)
     assert "192.168.50.11 | node specific" in status("node3")
     assert eventually(lambda: learned(lab, "node2").get(
-        next(r["dst"] for r in routes(lab, "node3") if r.get("type") == "blackhole"))
+        own_block(lab, "node3"))
         == "192.168.50.13")  # node3's block, next hop node3 itself, learned through node1
     assert lab.pings("default/p-node2", ips["node3"])
     assert cli("lab", "check", "--name", lab.name).returncode == 0
@@ -264,7 +269,7 @@ def test_two_route_reflectors_and_losing_one_keeps_every_route(make_lab, cli, tm
     # each client peers with both reflectors, each reflector with the other and the clients
     assert eventually(lambda: status("node3").count("Established") == 2
                       and status("node1").count("Established") == 3)
-    node4_block = next(r["dst"] for r in routes(lab, "node4") if r.get("type") == "blackhole")
+    node4_block = own_block(lab, "node4")
     assert eventually(lambda: learned(lab, "node3").get(node4_block) == "192.168.50.14")
     assert eventually(lambda: all(len(learned(lab, n)) == 4 for n in ips))  # every block
     cut_off(lab, "node1")  # reflector node1 is lost
@@ -283,8 +288,7 @@ def test_a_top_of_rack_router_routes_pods_between_segments_without_a_tunnel(make
 
     lab = make_lab(topology=TOR, mode="calico", bgp=True)
     ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
-    node3_block = next(N(r["dst"]) for r in routes(lab, "node3")
-                       if r.get("type") == "blackhole")
+    node3_block = N(own_block(lab, "node3"))
     # the seeds' picture: node1 sends node3's pods to its gateway router, no tunnel
     assert eventually(lambda: learned(lab, "node1").get(str(node3_block)) == "192.168.50.1")
     assert eventually(lambda: all(len(learned(lab, n)) == 3 for n in ips))  # every block
@@ -328,7 +332,7 @@ def test_vxlan_routes_stay_the_agents_and_its_blocks_are_announced(make_lab):
     the agent (felix's job), so they go through vxlan.calico, never through BIRD."""
     lab = make_lab(topology=TWO_SUBNETS, mode="calico", encap="vxlan", bgp=True)
     ips = {n: lab.add_pod(n, f"default/p-{n}").ip for n in ("node1", "node2", "node3")}
-    node3_block = next(r["dst"] for r in routes(lab, "node3") if r.get("type") == "blackhole")
+    node3_block = own_block(lab, "node3")
 
     def announced() -> bool:
         control = lab.files.node_dir("node1") / "run" / "bird.ctl"

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from gingham.dataplane.podlink import routed_veth_name
+from waiting import eventually
 
 N = ipaddress.IPv4Network
 TWO_SUBNETS = Path(__file__).parents[2] / "examples" / "two-subnets.yaml"
@@ -28,15 +28,6 @@ def calico(make_module_lab):
 
 def routes(lab, node: str) -> list[dict]:
     return json.loads(lab.run(node, "ip", "-j", "route", "show").stdout)
-
-
-def eventually(check, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def test_pods_are_routed_cali_veths_with_the_seeds_route_shapes(calico):

@@ -4,14 +4,15 @@ table at all where no pod is isolated."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
-import time
 from contextlib import ExitStack
 
 import pytest
 
 from gingham.dataplane import netns as netns_mod
+from waiting import eventually
 
 PORT = 80
 ACCESS_WEB = """
@@ -95,15 +96,6 @@ def echoes(client: socket.socket) -> bool:
         return False
 
 
-def eventually(check, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 def apply(cli, lab, tmp_path, text: str, name: str) -> None:
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
@@ -158,3 +150,25 @@ def test_the_seeds_examples_and_live_connections(make_lab, cli, tmp_path, mode):
             "-n", "default")
         assert eventually(lambda: servers.reaches("test/other", web))
         assert eventually(lambda: not has_table(lab, "node1"))
+
+
+def test_denied_packets_are_logged_and_shown_by_lab_flows(make_lab, cli, tmp_path):
+    lab = make_lab(2, via_cli=True, cli_args=("--log",))
+    web = lab.add_pod("node1", "default/web", labels={"app": "web"}).ip
+    lab.add_pod("node2", "default/client2", labels={"run": "client2"})
+    with ExitStack() as stack:
+        servers = EchoServers(lab, ["default/web"], stack)
+        apply(cli, lab, tmp_path, ACCESS_WEB, "access-web")
+        assert eventually(lambda: not servers.reaches("default/client2", web))
+
+        def logged() -> list[dict]:
+            return json.loads(cli("lab", "flows", "--name", lab.name, "--json").stdout)
+
+        assert eventually(lambda: any(f["srcPod"] == "default/client2" for f in logged()))
+        flow = next(f for f in logged() if f["srcPod"] == "default/client2")
+        assert (flow["node"], flow["dstPod"], flow["protocol"], flow["port"],
+                flow["direction"], flow["pod"], flow["policies"]) == (
+            "node1", "default/web", "TCP", PORT, "ingress", "default/web", "access-web")
+        text = cli("lab", "flows", "--name", lab.name).stdout
+        assert "default/client2 -> default/web TCP/80 denied: ingress of default/web " \
+               "(access-web)" in text

@@ -21,7 +21,6 @@ from gingham.dataplane.vxlan import apply_fdb, apply_neighbours
 from gingham.ipam.block_ipam import BlockIpam, Pool
 from gingham.ipam.blocks import Block
 from gingham.subnet.lease import NodeInfo
-from gingham.sync.kinds import Undecodable
 from gingham.sync.whole import WholePictureManager
 
 
@@ -32,7 +31,7 @@ class BlockRoutes(WholePictureManager):
     def __init__(self, node: str, uplink: Uplink, status: StatusFile, ipam: BlockIpam,
                  labels: Callable[[], Mapping[str, str]], bgp: bool = False) -> None:
         super().__init__()
-        self.bgp = bgp  # BIRD carries the unencapsulated pools' routes (calico/bird.py)
+        self.bgp = bgp  # BIRD carries every pool's routes but VXLAN ones (calico/bird.py)
         self.node = node
         self.uplink = uplink
         self.status = status
@@ -41,15 +40,9 @@ class BlockRoutes(WholePictureManager):
         self._devices: dict[str, int | None] = {}  # mode -> device index, as last made
         self._applied: tuple | None = None
         self._blocked: list[ipaddress.IPv4Network] = []
-        self._resync = True
-
-    def resync(self) -> None:
-        super().resync()
-        self._resync = True
 
     def apply_whole(self) -> list[str]:
-        problems = [f"{key}: {obj.why}" for kind in self.kinds
-                    for key, obj in self.objects[kind].items() if isinstance(obj, Undecodable)]
+        problems = self.undecodable()
         blocks = {b.cidr: b for b in self.of(BLOCKS, Block)}
         nodes = {n.name: n for n in self.of(NODES, NodeInfo)}
         pools = sorted(self.of(POOLS, Pool), key=lambda p: p.name)
@@ -61,9 +54,9 @@ class BlockRoutes(WholePictureManager):
         ipip = self._device("ipipMode", wants(pools, "ipipMode"),
                             lambda: self.ipip.up(blocks), lambda: self.ipip.down(blocks))
         plan = plan_routes(self.node, blocks, nodes, pools, self.uplink, vtep, ipip, self.bgp)
-        if (plan, vtep, ipip) != self._applied or self._resync:
+        if (plan, vtep, ipip) != self._applied or self.resync_due:
             self._write(plan, vtep)
-            self._applied, self._resync = (plan, vtep, ipip), False
+            self._applied, self.resync_due = (plan, vtep, ipip), False
         problems += plan.problems
         problems += [f"{dst}: a route of another owner holds it; not replaced"
                      for dst in self._blocked]
@@ -78,7 +71,7 @@ class BlockRoutes(WholePictureManager):
         """The tunnel device of `mode` as the pools want it; looked at only when that
         changed, or at a resync."""
         if mode not in self._devices or (self._devices[mode] is not None) != wanted \
-                or self._resync:
+                or self.resync_due:
             self._devices[mode] = up() if wanted else None
             if not wanted:
                 down()

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import re
 import sys
+import time
 
 import click
 
@@ -152,11 +153,13 @@ def lab() -> None:
 @click.option("--bgp", type=click.Choice(["on", "off"]), default=None,
               help="calico: every node runs BIRD and routes come by BGP (default on; off keeps "
                    "the datastore-driven routes).")
+@click.option("--log", "log_denied", is_flag=True,
+              help="Agents log the packets NetworkPolicy drops (`gingham lab flows`).")
 @click.pass_context
 def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | None,
        pod_cidr: ipaddress.IPv4Network, datastore: str, backend: str,
        backend_options: dict, ip_masq: bool, mode: str, encap: str | None,
-       cross_subnet: bool, bgp: str | None) -> None:
+       cross_subnet: bool, bgp: str | None, log_denied: bool) -> None:
     """Build the lab: underlay, datastore, nodes running the agent, external host."""
     from gingham.lab import cluster
     from gingham.lab.plan import LabPlan
@@ -183,7 +186,7 @@ def up(ctx: click.Context, lab: str, nodes: int | None, topology_file: str | Non
                                      backend_options=backend_options)
     plan = dataclasses.replace(plan, ip_masq=ip_masq, mode=mode, encap=encap or "none",
                                cross_subnet=cross_subnet,
-                               bgp=mode == "calico" and bgp != "off")
+                               bgp=mode == "calico" and bgp != "off", log_denied=log_denied)
     cluster.up(plan)  # removes what it built if it fails; an existing lab is left alone
     files = LabFiles(lab)
     for router in plan.routers:
@@ -284,6 +287,84 @@ def check(lab: str, as_json: bool) -> None:
     if verdict:
         click.echo(f"gingham: error: {'; '.join(verdict)}", err=True)
         sys.exit(1)
+
+
+def _probe_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
+    """--ports and --protocols: comma-separated lists."""
+    from gingham.lab.probe_matrix import parse_ports, parse_protocols
+
+    parse = parse_ports if param.name == "ports" else parse_protocols
+    try:
+        return parse(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@lab.command("probe")
+@lab_name_option
+@click.option("--ports", default="80,81", show_default=True, metavar="PORT,...",
+              callback=_probe_list)
+@click.option("--protocols", default="tcp,udp", show_default=True, metavar="PROTO,...",
+              callback=_probe_list)
+@click.option("--expect", is_flag=True,
+              help="Compare with what the NetworkPolicies allow; exit 1 on a difference.")
+@click.option("--json", "as_json", is_flag=True)
+def probe(lab: str, ports: tuple[int, ...], protocols: tuple[str, ...], expect: bool,
+          as_json: bool) -> None:
+    """Serve TCP and UDP on PORTS in every pod and connect from every pod to every pod:
+    one truth table per port and protocol, rows from, columns to, `.` allowed, `X` blocked."""
+    from gingham.lab import probe as prober
+    from gingham.lab import probe_matrix as matrix
+
+    result = prober.run(LabFiles(lab).load(), ports, protocols, expect=expect)
+    for problem in result.problems:
+        click.echo(f"warning: {problem}", err=True)
+    diffs = result.differences
+    if as_json:
+        click.echo(json.dumps(matrix.report(result.pods, ports, protocols, result.got,
+                                            result.expected), indent=2))
+    else:
+        click.echo(matrix.tables(result.pods, ports, protocols, result.got))
+        click.echo(f"\n{sum(result.got.values())}/{len(result.got)} allowed")
+        if result.expected is not None:
+            click.echo("\n".join(map(str, diffs)) if diffs else "all as expected")
+    if diffs:
+        click.echo(f"gingham: error: {len(diffs)} of {len(result.got)} cells differ from "
+                   "what the NetworkPolicies allow", err=True)
+        sys.exit(1)
+
+
+@lab.command("flows")
+@lab_name_option
+@click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
+@click.option("--tail", type=click.IntRange(1), default=50, show_default=True,
+              help="The latest N denials.")
+@click.option("--json", "as_json", is_flag=True)
+def flows(lab: str, nodes: tuple[str, ...], tail: int, as_json: bool) -> None:
+    """The packets NetworkPolicy dropped (a lab built with --log): who, to whom, port, and
+    the policies that isolate the pod they were denied at."""
+    from gingham.lab import cluster
+    from gingham.policy.flowlog import FLOWS_FILE, read_denials
+
+    files = LabFiles(lab)
+    record = files.load()
+    if not record.plan.get("log_denied"):
+        raise click.ClickException(f"lab {lab} logs no denials: build it with `lab up --log`")
+    names = nodes or [n.name for n in cluster.plan_of(record).nodes]
+    pods = {p.ip: ref for ref, p in record.pods.items()}
+    rows = sorted(((node, d) for node in names
+                   for d in read_denials(files.node_dir(node) / "run" / FLOWS_FILE)),
+                  key=lambda nd: nd[1].time)[-tail:]
+    if as_json:
+        click.echo(json.dumps([{"node": node, **dataclasses.asdict(d),
+                                "srcPod": pods.get(d.src), "dstPod": pods.get(d.dst)}
+                               for node, d in rows], indent=2))
+        return
+    for node, d in rows:
+        when = time.strftime("%H:%M:%S", time.localtime(d.time))
+        port = f"{d.protocol}/{d.port}" if d.port is not None else d.protocol
+        click.echo(f"{when} {node} {pods.get(d.src, d.src)} -> {pods.get(d.dst, d.dst)} "
+                   f"{port} denied: {d.direction} of {d.pod} ({d.policies})")
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})

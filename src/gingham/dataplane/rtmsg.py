@@ -34,7 +34,7 @@ BATCH = 256
 Message = tuple[int, int, bytes]
 
 
-def _attr(kind: int, value: bytes) -> bytes:
+def attribute(kind: int, value: bytes) -> bytes:
     size = 4 + len(value)
     return struct.pack("=HH", size, kind) + value + b"\0" * (-size % 4)
 
@@ -54,30 +54,30 @@ def route_message(add: bool, dst: ipaddress.IPv4Network, gateway: ipaddress.IPv4
         if blackhole:
             head = RTMSG.pack(2, dst.prefixlen, 0, 0, table, proto, RT_SCOPE_UNIVERSE,
                               RTN_BLACKHOLE, 0)
-            return RTM_NEWROUTE, flags, head + _attr(RTA_DST, dst.network_address.packed)
+            return RTM_NEWROUTE, flags, head + attribute(RTA_DST, dst.network_address.packed)
         head = RTMSG.pack(2, dst.prefixlen, 0, 0, table, proto, RT_SCOPE_UNIVERSE,
                           RTN_UNICAST, 4 if onlink else 0)
-        body = head + _attr(RTA_DST, dst.network_address.packed) \
-            + _attr(RTA_OIF, struct.pack("=I", oif))
+        body = head + attribute(RTA_DST, dst.network_address.packed) \
+            + attribute(RTA_OIF, struct.pack("=I", oif))
         if gateway is not None:
-            body += _attr(RTA_GATEWAY, gateway.packed)
+            body += attribute(RTA_GATEWAY, gateway.packed)
         return RTM_NEWROUTE, flags, body
     head = RTMSG.pack(2, dst.prefixlen, 0, 0, table, proto, RT_SCOPE_NOWHERE, 0, 0)
-    return RTM_DELROUTE, 0, head + _attr(RTA_DST, dst.network_address.packed)
+    return RTM_DELROUTE, 0, head + attribute(RTA_DST, dst.network_address.packed)
 
 
 def neigh_message(add: bool, index: int, ip: ipaddress.IPv4Address, mac: str,
                   state: int) -> Message:
-    body = NDMSG.pack(2, index, state, 0, 0) + _attr(NDA_DST, ip.packed) \
-        + _attr(NDA_LLADDR, _mac(mac))
+    body = NDMSG.pack(2, index, state, 0, 0) + attribute(NDA_DST, ip.packed) \
+        + attribute(NDA_LLADDR, _mac(mac))
     return (RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body) if add else \
         (RTM_DELNEIGH, 0, body)
 
 
 def fdb_message(add: bool, index: int, mac: str, dst: ipaddress.IPv4Address, state: int,
                 flags: int) -> Message:
-    body = NDMSG.pack(AF_BRIDGE, index, state, flags, 0) + _attr(NDA_LLADDR, _mac(mac)) \
-        + _attr(NDA_DST, dst.packed)
+    body = NDMSG.pack(AF_BRIDGE, index, state, flags, 0) + attribute(NDA_LLADDR, _mac(mac)) \
+        + attribute(NDA_DST, dst.packed)
     return (RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body) if add else \
         (RTM_DELNEIGH, 0, body)
 

@@ -86,6 +86,7 @@ def plan_of(record: LabRecord) -> LabPlan:
         encap=p.get("encap", "none"),
         cross_subnet=p.get("cross_subnet", False),
         bgp=p.get("bgp", False),
+        log_denied=p.get("log_denied", False),
     )
 
 
@@ -103,6 +104,7 @@ def agent_argv(files: LabFiles, record: LabRecord, node: NodePlan) -> list[str]:
         "--node-name", node.name,
         "--mode", record.plan.get("mode", "flannel"),
         *(["--bgp"] if record.plan.get("bgp") else []),
+        *(["--log-denied"] if record.plan.get("log_denied") else []),
         *control.agent_store_args(record),
         "--prefer-subnet", str(node.pod_subnet),
         "--ip-masq" if record.plan.get("ip_masq", True) else "--no-ip-masq",

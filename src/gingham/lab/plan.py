@@ -89,6 +89,7 @@ class LabPlan:
     encap: str = "none"  # calico: the default pool's encapsulation, none, vxlan or ipip
     cross_subnet: bool = False  # calico: encapsulate only between subnets (CrossSubnet)
     bgp: bool = False  # calico: every node runs BIRD (`lab up`'s default for calico)
+    log_denied: bool = False  # agents log what NetworkPolicy drops (`lab up --log`)
 
     @classmethod
     def single_segment(

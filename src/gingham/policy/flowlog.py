@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gingham.dataplane.netns import attributes
+from gingham.dataplane.netns import attributes, messages
+from gingham.dataplane.rtmsg import attribute
 from gingham.policy.compile import LOG_GROUP
 
 log = logging.getLogger("gingham.policy.flowlog")
@@ -46,11 +47,6 @@ class Denial:
     port: int | None  # the destination port, for TCP, UDP and SCTP
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
-
-
 def _config(group: int, *attrs: bytes) -> bytes:
     body = NFGENMSG.pack(socket.AF_UNSPEC, 0, socket.htons(group)) + b"".join(attrs)
     return NLMSG.pack(NLMSG.size + len(body), (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
@@ -60,17 +56,12 @@ def _config(group: int, *attrs: bytes) -> bytes:
 def parse_packets(data: bytes, now: float) -> list[Denial]:
     """The denials among the nfnetlink_log messages in `data`."""
     found = []
-    at = 0
-    while at + NLMSG.size <= len(data):
-        size, kind, _, _, _ = NLMSG.unpack_from(data, at)
-        if size < NLMSG.size:
-            break
+    for kind, body in messages(data):
         if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-            attrs = attributes(data[at + NLMSG.size:at + size], NFGENMSG.size)
+            attrs = attributes(body, NFGENMSG.size)
             denial = _denial(attrs.get(NFULA_PREFIX, b""), attrs.get(NFULA_PAYLOAD, b""), now)
             if denial is not None:
                 found.append(denial)
-        at += (size + 3) & ~3
     return found
 
 
@@ -100,9 +91,9 @@ class FlowLog:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
             sock.bind((0, 0))
-            sock.send(_config(LOG_GROUP, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))))
+            sock.send(_config(LOG_GROUP, attribute(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))))
             sock.recv(4096)  # the ack
-            sock.send(_config(LOG_GROUP, _attr(NFULA_CFG_MODE, struct.pack(
+            sock.send(_config(LOG_GROUP, attribute(NFULA_CFG_MODE, struct.pack(
                 "!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0))))
             sock.recv(4096)
         except OSError:

@@ -19,7 +19,6 @@ from gingham.policy.evaluate import NamespaceView, PodView
 from gingham.policy.flowlog import FLOWS_FILE, FlowLog
 from gingham.policy.kinds import NAMESPACES, PODS, POLICIES
 from gingham.policy.spec import NetworkPolicy
-from gingham.sync.kinds import Undecodable
 from gingham.sync.whole import WholePictureManager
 
 log = logging.getLogger("gingham.policy.manager")
@@ -39,24 +38,18 @@ class PolicyManager(WholePictureManager):
         self.bridged = bridged
         self.flows = flows
         self._applied: list[dict] | None = None  # the rendering in the kernel
-        self._resync = True
-
-    def resync(self) -> None:
-        super().resync()
-        self._resync = True
 
     def apply_whole(self) -> list[str]:
-        problems = [f"{key}: {obj.why}" for kind in self.kinds
-                    for key, obj in self.objects[kind].items() if isinstance(obj, Undecodable)]
+        problems = self.undecodable()
         pods = self.of(PODS, PodView)
         local = {p.ref for p in pods if p.node == self.node}
         want = render_policy_table(self.of(POLICIES, NetworkPolicy), pods,
                                    self.of(NAMESPACES, NamespaceView), local,
                                    log_denied=self.flows is not None)
-        if self._resync and self._applied is not None \
+        if self.resync_due and self._applied is not None \
                 and (nft.list_table(FAMILY, TABLE) is None) != (not self._applied):
             self._applied = None  # the kernel's table is not what was applied: replace it
-        self._resync = False
+        self.resync_due = False
         if want != self._applied:
             self._write(want)
         if want and self.bridged and _bridge_nf_off():

@@ -5,6 +5,8 @@ other half needs)."""
 
 from __future__ import annotations
 
+from gingham.sync.kinds import Undecodable
+
 
 class WholePictureManager:
     name = ""
@@ -14,6 +16,8 @@ class WholePictureManager:
         self.objects: dict[str, dict[str, object]] = {kind: {} for kind in self.kinds}
         self._dirty = True
         self._listed: set[str] = set()
+        # A resync is due: compare with the kernel, not only with what was last applied.
+        self.resync_due = True
 
     def on_snapshot(self, kind: str, objects: dict[str, object]) -> None:
         self.objects[kind] = dict(objects)
@@ -29,6 +33,7 @@ class WholePictureManager:
 
     def resync(self) -> None:
         self._dirty = True
+        self.resync_due = True
 
     def dirty(self) -> bool:
         return self._dirty and self._listed == set(self.kinds)
@@ -36,6 +41,11 @@ class WholePictureManager:
     def of(self, kind: str, cls: type) -> list:
         """The held objects of `kind` that decoded (Undecodable ones left out)."""
         return [obj for obj in self.objects[kind].values() if isinstance(obj, cls)]
+
+    def undecodable(self) -> list[str]:
+        """The held values that do not decode, as problems."""
+        return [f"{key}: {obj.why}" for kind in self.kinds
+                for key, obj in self.objects[kind].items() if isinstance(obj, Undecodable)]
 
     def apply(self) -> list[str]:
         problems = self.apply_whole()
