@@ -8,13 +8,18 @@ import json
 
 import pytest
 
-from gingham.dataplane.nft_diff import plan_update
+from gingham.dataplane.nft_diff import Rendering
+from gingham.dataplane.nft_diff import plan_update as plan_renderings
 from gingham.policy.compile import render_policy_table
 from gingham.policy.evaluate import NamespaceView, PodView
 from gingham.policy.spec import parse_policy
 from gingham.workloads.records import NamedPort
 
 pytestmark = pytest.mark.unit
+
+
+def plan_update(old: list[dict], new: list[dict]) -> list[dict] | None:
+    return plan_renderings(Rendering.of(old), Rendering.of(new))
 
 
 def policy(name: str, spec: dict, namespace: str = "default"):

@@ -46,10 +46,9 @@ class Rendering:
         return out
 
 
-def plan_update(old: list[dict], new: list[dict]) -> list[dict] | None:
-    """The difference from rendering `old` to `new`; [] when equal; None when it cannot be
+def plan_update(was: Rendering, want: Rendering) -> list[dict] | None:
+    """The difference from rendering `was` to `want`; [] when equal; None when it cannot be
     done piecewise (a set or a base chain changed its type): replace the table whole."""
-    was, want = Rendering.of(old), Rendering.of(new)
     ident = want.ident
     if was.ident != ident:
         return None

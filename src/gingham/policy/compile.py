@@ -2,16 +2,18 @@
 pods on that node: pure, from the policies, pods and namespaces to nft's JSON commands.
 
 Shape (DESIGN 2.5, after Calico's nftables dataplane):
-- two base chains on the forward hook: `egress` (priority 0) and `ingress` (priority 10).
+- base chains on the forward hook: `egress` (priority 0), `ingress` (10), `allowed` (20).
   An `accept` ends only its own base chain, so a packet allowed out of its pod still meets
-  the ingress chain of the pod it goes to; a drop is final.
+  the ingress chain of the pod it goes to, and then `allowed`; a drop is final.
 - dispatch per pod through verdict maps keyed by the pod's address in the connection's
   original direction (`ct original ip saddr vmap @egress_pods`, `... daddr vmap
   @ingress_pods`): a pod no policy isolates is in neither map and passes untouched; the
   cost per packet is a map lookup plus the rules of the policies that select that pod.
   The original tuple, not the packet's header, so a reply is judged as the connection it
   belongs to: replies of allowed connections pass, and a policy change applies at once to
-  live connections in both directions (no `ct state established accept` bypass).
+  live connections in both directions. There is no `ct state established accept`
+  bypass; instead a connection judged allowed carries the ruleset's generation in its
+  conntrack mark and skips the chains until the next change (base_chains).
   By address rather than interface: a bridged (Flannel) pod's traffic reaches the inet
   forward hook through br_netfilter with the bridge as its interface, not the pod's port.
 - per pod `eg_`/`in_` chains: its own traffic to itself passes, then a jump to each
@@ -42,6 +44,7 @@ TABLE = "gingham_policy"
 EGRESS_PODS, INGRESS_PODS = "egress_pods", "ingress_pods"
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 LOG_GROUP = 100  # NFLOG group of denied packets (policy/flowlog.py reads it)
+MARK_MASK = 0x00FFFFFF  # the conntrack mark's bits that hold a verdict's generation
 LOG_PREFIX_MAX = 127  # nft's limit
 # Which end of the connection's original tuple a direction's peer and pod are.
 PEER_END = {INGRESS: "saddr", EGRESS: "daddr"}
@@ -93,8 +96,7 @@ class _Cluster:
             return peer.namespace_selector.matches(self.namespace_labels(pod.namespace))
 
         chosen = peer.pod_selector or LabelSelector()
-        return sorted({p.ip for p in self.pods if namespace_ok(p) and chosen.matches(p.labels)},
-                      key=lambda ip: ipaddress.IPv4Address(ip))
+        return sorted({p.ip for p in self.pods if namespace_ok(p) and chosen.matches(p.labels)})
 
 
 class _Table:
@@ -103,11 +105,6 @@ class _Table:
     def __init__(self) -> None:
         self.sets: dict[str, tuple[object, list]] = {}  # name -> (type, elements)
         self.chains: dict[str, list[list[dict]]] = {}  # regular chains -> rules
-
-    def set_of(self, prefix: str, key: object, kind: object, elements: list) -> str:
-        name = _name(prefix, key)
-        self.sets.setdefault(name, (kind, elements))
-        return name
 
     def chain(self, name: str, rules: list[list[dict]]) -> str:
         self.chains[name] = rules
@@ -119,12 +116,12 @@ def _port_exprs(match: PortMatch, table: _Table, cluster: _Cluster) -> list[dict
     if match.port is None:
         return protocol
     if isinstance(match.port, str):  # named: resolved per destination pod, through a set
-        elements = sorted(
-            {(p.ip, PROTOCOLS[n.protocol], n.port) for p in cluster.pods for n in p.ports
-             if n.name == match.port},
-            key=lambda e: (ipaddress.IPv4Address(e[0]), e[1], e[2]))
-        name = table.set_of("np_", match.port, ["ipv4_addr", "inet_proto", "inet_service"],
-                            [{"concat": list(e)} for e in elements])
+        name = _name("np_", match.port)
+        if name not in table.sets:
+            elements = sorted({(p.ip, PROTOCOLS[n.protocol], n.port) for p in cluster.pods
+                               for n in p.ports if n.name == match.port})
+            table.sets[name] = (["ipv4_addr", "inet_proto", "inet_service"],
+                                [{"concat": list(e)} for e in elements])
         return [*protocol, _match({"concat": [_ct("daddr"), L4PROTO, _ct("proto-dst")]},
                                   f"@{name}")]
     ports: object = match.port if match.end_port is None else {
@@ -144,9 +141,10 @@ def _peer_exprs(peer: Peer, direction: str, namespace: str, table: _Table,
             exprs.append(_match(end, {"set": [_network(n) for n in peer.ip_block.except_]},
                                 "!="))  # type: ignore[arg-type]
         return exprs
-    members = cluster.peer_members(peer, namespace)
-    name = table.set_of("peer_", (namespace, peer.pod_selector, peer.namespace_selector),
-                        "ipv4_addr", members)
+    key = (namespace, peer.pod_selector, peer.namespace_selector)
+    name = _name("peer_", key)
+    if name not in table.sets:  # one set for every policy with this peer
+        table.sets[name] = ("ipv4_addr", cluster.peer_members(peer, namespace))
     return [_match(end, f"@{name}")]
 
 
@@ -178,20 +176,32 @@ def deny_prefix(direction: str, pod: str, policies: Iterable[str]) -> str:
 
 def render_policy_table(policies: Iterable[NetworkPolicy], pods: Iterable[PodView],
                         namespaces: Iterable[NamespaceView], local: Collection[str],
-                        log_denied: bool = False) -> list[dict]:
+                        log_denied: bool = False, generation: int = 1) -> list[dict]:
     """The whole table as one transaction that replaces any earlier version atomically,
     or [] when no pod of `local` (the refs, `namespace/name`, of this node's pods) is
-    isolated. `log_denied`: each denied packet goes to NFLOG first."""
+    isolated. `log_denied`: each denied packet goes to NFLOG first. `generation`: see
+    base_chains."""
+    body = render_policy_body(policies, pods, namespaces, local, log_denied)
+    return body + base_chains(generation) if body else []
+
+
+def render_policy_body(policies: Iterable[NetworkPolicy], pods: Iterable[PodView],
+                       namespaces: Iterable[NamespaceView], local: Collection[str],
+                       log_denied: bool = False) -> list[dict]:
+    """The table without its base chains (which only the generation changes)."""
     cluster = _Cluster(pods, namespaces)
     table = _Table()
     dispatch: dict[str, list] = {EGRESS_PODS: [], INGRESS_PODS: []}
     ordered = sorted(policies, key=lambda p: p.ref)
     mine = sorted((p for p in cluster.pods if p.ref in local), key=lambda p: p.ref)
-    selects = {p.ref: {pod.ref for pod in cluster.selected(p, mine)} for p in ordered}
+    isolating: dict[tuple[str, str], list[NetworkPolicy]] = {}  # (pod, direction) ->
+    for policy in ordered:
+        for pod in cluster.selected(policy, mine):
+            for direction in policy.policy_types:
+                isolating.setdefault((pod.ref, direction), []).append(policy)
     for pod in mine:
         for direction, map_name in ((EGRESS, EGRESS_PODS), (INGRESS, INGRESS_PODS)):
-            chosen = [p for p in ordered if direction in p.policy_types
-                      and pod.ref in selects[p.ref]]
+            chosen = isolating.get((pod.ref, direction))
             if not chosen:
                 continue  # not isolated in this direction
             jumps = [[{"jump": {"target": _policy_chain(p, direction, table, cluster)}}]
@@ -229,11 +239,33 @@ def _commands(table: _Table, dispatch: dict[str, list]) -> list[dict]:
     for name, elements in dispatch.items():  # after the chains they jump to
         if elements:
             commands.append({"add": {"element": {**ident, "name": name, "elem": elements}}})
+    return commands
+
+
+def base_chains(generation: int) -> list[dict]:
+    """The forward hook's chains. A connection both sides let through is marked with the
+    generation of the ruleset that judged it (the low 24 bits of its conntrack mark); its
+    later packets skip the verdict while that ruleset stands. Every change of the table
+    comes with a new generation, so the next packet of every live connection is judged
+    again by the new rules: replies and established connections follow the policy
+    without walking the chains on every packet."""
+    ident = {"family": FAMILY, "table": TABLE}
+    mark = {"ct": {"key": "mark"}}
+    judged = _match({"&": [mark, MARK_MASK]}, generation)
+    commands: list[dict] = []
     for base, prio, end, map_name in (("egress", 0, "saddr", EGRESS_PODS),
-                                      ("ingress", 10, "daddr", INGRESS_PODS)):
+                                      ("ingress", 10, "daddr", INGRESS_PODS),
+                                      ("allowed", 20, None, None)):
         commands.append({"add": {"chain": {**ident, "name": base, "type": "filter",
                                            "hook": "forward", "prio": prio,
                                            "policy": "accept"}}})
-        commands.append({"add": {"rule": {**ident, "chain": base, "expr": [
-            {"vmap": {"key": _ct(end), "data": f"@{map_name}"}}]}}})
+        if end is not None:
+            rules = [[judged, {"accept": None}],
+                     [{"vmap": {"key": _ct(end), "data": f"@{map_name}"}}]]
+        else:  # both sides let it through: remember it for this generation
+            keep = {"&": [mark, ~MARK_MASK & 0xFFFFFFFF]}
+            rules = [[_match({"&": [mark, MARK_MASK]}, generation, "!="),
+                      {"mangle": {"key": mark, "value": {"|": [keep, generation]}}}]]
+        commands += [{"add": {"rule": {**ident, "chain": base, "expr": expr}}}
+                     for expr in rules]
     return commands

@@ -9,12 +9,19 @@ every packet the node forwards, a cost a cluster without policy must not pay.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from gingham.agent.config import AgentConfig
 from gingham.dataplane import nft
-from gingham.dataplane.nft_diff import plan_update
-from gingham.policy.compile import FAMILY, TABLE, render_policy_table
+from gingham.dataplane.nft_diff import Rendering, plan_update
+from gingham.policy.compile import (
+    FAMILY,
+    MARK_MASK,
+    TABLE,
+    base_chains,
+    render_policy_body,
+)
 from gingham.policy.evaluate import NamespaceView, PodView
 from gingham.policy.flowlog import FLOWS_FILE, FlowLog
 from gingham.policy.kinds import NAMESPACES, PODS, POLICIES
@@ -38,32 +45,39 @@ class PolicyManager(WholePictureManager):
         self.bridged = bridged
         self.flows = flows
         self._applied: list[dict] | None = None  # the rendering in the kernel
+        self._parsed: Rendering | None = None  # the same, read for plan_update
+        self._body: list[dict] | None = None  # it, without the base chains
+        # Never a generation an earlier agent of this node may have left in marks.
+        self._generation = int(time.time() * 10) % MARK_MASK
 
     def apply_whole(self) -> list[str]:
         problems = self.undecodable()
         pods = self.of(PODS, PodView)
         local = {p.ref for p in pods if p.node == self.node}
-        want = render_policy_table(self.of(POLICIES, NetworkPolicy), pods,
-                                   self.of(NAMESPACES, NamespaceView), local,
-                                   log_denied=self.flows is not None)
+        body = render_policy_body(self.of(POLICIES, NetworkPolicy), pods,
+                                  self.of(NAMESPACES, NamespaceView), local,
+                                  log_denied=self.flows is not None)
         if self.resync_due and self._applied is not None \
                 and (nft.list_table(FAMILY, TABLE) is None) != (not self._applied):
             self._applied = None  # the kernel's table is not what was applied: replace it
         self.resync_due = False
-        if want != self._applied:
-            self._write(want)
-        if want and self.bridged and _bridge_nf_off():
+        if body != self._body or self._applied is None:
+            # a new generation: every live connection is judged again by the new rules
+            self._generation = self._generation % MARK_MASK + 1
+            self._write(body + base_chains(self._generation) if body else [])
+            self._body = body
+        if body and self.bridged and _bridge_nf_off():
             problems.append("bridged pod traffic bypasses NetworkPolicy: "
                             f"{BRIDGE_NF} is not 1 in this node")
         return problems
 
     def _write(self, want: list[dict]) -> None:
-        if not want:
-            if nft.list_table(FAMILY, TABLE) is not None:
-                nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
-                log.info("no pod here is isolated by a NetworkPolicy: table removed")
-        else:
-            update = plan_update(self._applied, want) if self._applied else None
+        if not want and nft.list_table(FAMILY, TABLE) is not None:
+            nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+            log.info("no pod here is isolated by a NetworkPolicy: table removed")
+        parsed = Rendering.of(want)
+        if want:
+            update = plan_update(self._parsed, parsed) if self._applied else None
             try:
                 nft.run(want if update is None else update)
             except nft.NftError as err:
@@ -72,7 +86,7 @@ class PolicyManager(WholePictureManager):
                 # The table is not what was last applied (a hand edit): replace it whole.
                 log.warning("updating the policy table failed (%s); replacing it", err)
                 nft.run(want)
-        self._applied = want
+        self._applied, self._parsed = want, parsed
 
 
 def policy_manager(config: AgentConfig, bridged: bool) -> PolicyManager:
