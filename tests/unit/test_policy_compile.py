@@ -111,3 +111,14 @@ def test_a_new_policy_adds_its_chain_and_a_gone_one_is_removed_last():
     verbs = [f"{next(iter(c))} {next(iter(next(iter(c.values()))))}" for c in shrink]
     assert verbs[-1] == "delete chain" and verbs.index("delete element") < verbs.index(
         "delete chain")
+
+
+def test_a_port_of_sctp_never_opens_tcp_or_udp():
+    sctp = policy("sctp", {"podSelector": {}, "ingress": [
+        {"ports": [{"protocol": "SCTP", "port": 80}, {"protocol": "SCTP"}]}]})
+    commands = render_policy_table([sctp], pods(), [], {"default/web"})
+    chain = next(name for name in rules(commands) if name.startswith("pi_"))
+    matched = [json.loads(rule) for rule in rules(commands)[chain]]
+    protocols = [m["match"]["right"] for rule in matched for m in rule
+                 if "match" in m and m["match"]["left"] == {"meta": {"key": "l4proto"}}]
+    assert protocols == ["sctp", "sctp"]
