@@ -4,7 +4,6 @@ the agent when it dies."""
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import os
@@ -18,8 +17,11 @@ import pytest
 import waiting
 
 N = ipaddress.IPv4Network
-# BGP sessions come up in seconds: a longer wait than the other tests'.
-eventually = functools.partial(waiting.eventually, timeout=15.0, every=0.2)
+
+
+def eventually(check, timeout: float = 15.0, every: float = 0.2) -> bool:
+    """BGP sessions come up in seconds: a longer wait than the other tests'."""
+    return waiting.eventually(check, timeout, every)
 
 
 def routes(lab, node: str) -> list[dict]:
