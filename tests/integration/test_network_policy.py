@@ -144,12 +144,18 @@ def test_the_seeds_examples_and_live_connections(make_lab, cli, tmp_path, mode):
         assert not servers.reaches("test/other", web)
         assert servers.reaches("default/client1", other)  # test is not isolated
 
+        # A connection the policies allow keeps working when they are deleted.
+        kept = servers.connect("default/client1", web)
+        assert kept is not None and echoes(kept)
+        stack.callback(kept.close)
+
         # Deleting both: every pod open again, the table gone.
         cli("--lab", lab.name, "delete", "networkpolicy", "access-web", "-n", "default")
         cli("--lab", lab.name, "delete", "networkpolicy", "deny-from-other-namespaces",
             "-n", "default")
         assert eventually(lambda: servers.reaches("test/other", web))
         assert eventually(lambda: not has_table(lab, "node1"))
+        assert echoes(kept)
 
 
 def test_denied_packets_are_logged_and_shown_by_lab_flows(make_lab, cli, tmp_path):
