@@ -158,8 +158,15 @@ def test_the_seeds_examples_and_live_connections(make_lab, cli, tmp_path, mode):
         assert echoes(kept)
 
 
-def test_denied_packets_are_logged_and_shown_by_lab_flows(make_lab, cli, tmp_path):
-    lab = make_lab(2, via_cli=True, cli_args=("--log",))
+@pytest.mark.parametrize("turned_on", ["at lab up", "later"])
+def test_denied_packets_are_logged_and_shown_by_lab_flows(make_lab, cli, tmp_path, turned_on):
+    lab = make_lab(2, via_cli=True, cli_args=("--log",) if turned_on == "at lab up" else ())
+    if turned_on == "later":
+        refused = cli("lab", "flows", "--name", lab.name)
+        assert refused.returncode == 1 and "gingham lab log on" in refused.stderr
+        done = cli("lab", "log", "on", "--name", lab.name)
+        assert done.stdout.splitlines() == ["node1: denied packets logged",
+                                            "node2: denied packets logged"], done.stderr
     web = lab.add_pod("node1", "default/web", labels={"app": "web"}).ip
     lab.add_pod("node2", "default/client2", labels={"run": "client2"})
     with ExitStack() as stack:

@@ -334,6 +334,18 @@ def probe(lab: str, ports: tuple[int, ...], protocols: tuple[str, ...], expect: 
         sys.exit(1)
 
 
+@lab.command("log")
+@lab_name_option
+@click.argument("state", type=click.Choice(["on", "off"]))
+def log_denied(lab: str, state: str) -> None:
+    """Turn the agents' logging of packets NetworkPolicy drops on or off (`lab flows`);
+    each agent is restarted with it, which drops no route."""
+    from gingham.lab import cluster
+
+    for node in cluster.set_log_denied(LabFiles(lab), state == "on"):
+        click.echo(f"{node}: denied packets {'logged' if state == 'on' else 'not logged'}")
+
+
 @lab.command("flows")
 @lab_name_option
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
@@ -349,7 +361,8 @@ def flows(lab: str, nodes: tuple[str, ...], tail: int, as_json: bool) -> None:
     files = LabFiles(lab)
     record = files.load()
     if not record.plan.get("log_denied"):
-        raise click.ClickException(f"lab {lab} logs no denials: build it with `lab up --log`")
+        raise click.ClickException(f"lab {lab} logs no denials: `gingham lab log on --name "
+                                   f"{lab}` (or `lab up --log`)")
     names = nodes or [n.name for n in cluster.plan_of(record).nodes]
     pods = {p.ip: ref for ref, p in record.pods.items()}
     rows = sorted(((node, d) for node in names

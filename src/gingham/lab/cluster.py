@@ -387,6 +387,22 @@ def resume_agent(files: LabFiles, node: str) -> int:
     return wait_for_agent(files, node, supervisor)
 
 
+def set_log_denied(files: LabFiles, on: bool) -> list[str]:
+    """Turn the agents' logging of denied packets on or off in a running lab: the lab's
+    record says it from now on, and each running agent is started again with it, one after
+    the other (an agent restart leaves routes, pods and the policy table in place); the
+    nodes restarted."""
+    with files.locked():
+        record = files.load()
+        record.plan["log_denied"] = on
+        files.save(record)
+        running = [n.name for n in plan_of(record).nodes if record.supervisors.get(n.name)]
+    for node in running:
+        stop_agent(files, node)
+        resume_agent(files, node)
+    return running
+
+
 def agent_state(files: LabFiles, node: str, supervisor: int | None) -> dict:
     """For `lab status`: agent (running, restarting or down), its live PID, restarts."""
     state = supervisor_state(files, node)
