@@ -5,6 +5,7 @@ canonical document as JSON)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gingham.policy.evaluate import NamespaceView, PodView
@@ -13,7 +14,6 @@ from gingham.store.contract import KeyValue
 from gingham.workloads.records import (
     Namespace,
     Pod,
-    WorkloadDataError,
     namespaces_prefix,
     pods_prefix,
 )
@@ -26,35 +26,15 @@ def policies_prefix(root: str) -> str:
 
 
 @dataclass(frozen=True)
-class PodKind:
-    root: str
-    name: str = PODS
+class WorkloadKind:
+    """Pods or namespaces, as the evaluator's views of their records."""
 
-    @property
-    def prefix(self) -> str:
-        return pods_prefix(self.root)
+    name: str
+    prefix: str
+    view: Callable[[bytes], PodView | NamespaceView]
 
-    def decode(self, kv: KeyValue) -> PodView:
-        try:
-            return PodView.of(Pod.decode(kv.value))
-        except WorkloadDataError as err:
-            raise ValueError(str(err)) from None
-
-
-@dataclass(frozen=True)
-class NamespaceKind:
-    root: str
-    name: str = NAMESPACES
-
-    @property
-    def prefix(self) -> str:
-        return namespaces_prefix(self.root)
-
-    def decode(self, kv: KeyValue) -> NamespaceView:
-        try:
-            return NamespaceView.of(Namespace.decode(kv.value))
-        except WorkloadDataError as err:
-            raise ValueError(str(err)) from None
+    def decode(self, kv: KeyValue) -> PodView | NamespaceView:
+        return self.view(kv.value)  # WorkloadDataError is the ValueError informers expect
 
 
 @dataclass(frozen=True)
@@ -73,6 +53,9 @@ class PolicyKind:
             raise ValueError(f"policy does not parse: {err}") from None
 
 
-def policy_kinds(root: str) -> tuple[PodKind, NamespaceKind, PolicyKind]:
+def policy_kinds(root: str) -> tuple[WorkloadKind, WorkloadKind, PolicyKind]:
     """What a PolicyManager watches."""
-    return PodKind(root), NamespaceKind(root), PolicyKind(root)
+    return (WorkloadKind(PODS, pods_prefix(root), lambda raw: PodView.of(Pod.decode(raw))),
+            WorkloadKind(NAMESPACES, namespaces_prefix(root),
+                         lambda raw: NamespaceView.of(Namespace.decode(raw))),
+            PolicyKind(root))
