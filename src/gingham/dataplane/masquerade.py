@@ -28,15 +28,9 @@ CHAIN = "postrouting"
 NODES = "nodes"
 
 
-def _prefix(net: ipaddress.IPv4Network) -> dict | str:
-    if net.prefixlen == 32:
-        return str(net.network_address)
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
-
-
 def _set(name: str, members: Iterable[ipaddress.IPv4Network],
          interval: bool = True) -> list[dict]:
-    elems = [_prefix(n) for n in sorted(set(members))]
+    elems = [nft.network(n) for n in sorted(set(members))]
     spec: dict = {"family": FAMILY, "table": TABLE, "name": name, "type": "ipv4_addr",
                   "comment": "managed by gingham"}
     if interval:
@@ -78,7 +72,7 @@ def render_masquerade_table(
                                  "expr": list(expr)}}}
 
     multicast = {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                           "right": _prefix(ipaddress.IPv4Network("224.0.0.0/4"))}}
+                           "right": nft.network(ipaddress.IPv4Network("224.0.0.0/4"))}}
     source = "cluster" if sources is None else "natoutgoing"
     return [
         {"add": {"table": table}},
@@ -192,7 +186,7 @@ def change_nodes(added: Iterable[ipaddress.IPv4Address],
     """Add and remove node addresses in one transaction, without listing the table. Raises
     NftError if the table is not as expected (e.g. an address to remove is not there)."""
     def elements(addresses: Iterable[ipaddress.IPv4Address]) -> list:
-        return [_prefix(ipaddress.IPv4Network(a)) for a in sorted(addresses)]
+        return [nft.network(ipaddress.IPv4Network(a)) for a in sorted(addresses)]
 
     commands = []
     if gone := elements(removed):

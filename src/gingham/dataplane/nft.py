@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import ipaddress
 import json
 import os
 import threading
@@ -83,6 +84,13 @@ def run(commands: list[dict]) -> list[dict]:
     if rc != 0:
         raise NftError(err or f"nft transaction failed ({rc})")
     return json.loads(out)["nftables"] if out.strip() else []
+
+
+def network(net: ipaddress.IPv4Network) -> dict | str:
+    """A network as nft's JSON writes it: an address alone for a /32, else a prefix."""
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
 def list_table(family: str, name: str) -> list[dict] | None:

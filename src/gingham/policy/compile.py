@@ -32,9 +32,9 @@ ordinary addresses, matched only by ipBlock.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 
+from gingham.dataplane import nft
 from gingham.policy.evaluate import NamespaceView, PodView
 from gingham.policy.spec import EGRESS, INGRESS, LabelSelector, NetworkPolicy, Peer, PortMatch
 from gingham.workloads.records import NAMESPACE_NAME_LABEL
@@ -48,7 +48,6 @@ MARK_MASK = 0x00FFFFFF  # the conntrack mark's bits that hold a verdict's genera
 LOG_PREFIX_MAX = 127  # nft's limit
 # Which end of the connection's original tuple a direction's peer and pod are.
 PEER_END = {INGRESS: "saddr", EGRESS: "daddr"}
-POD_END = {INGRESS: "daddr", EGRESS: "saddr"}
 
 
 def _name(prefix: str, *parts: object) -> str:
@@ -68,12 +67,6 @@ L4PROTO = {"meta": {"key": "l4proto"}}
 
 def _match(left: dict, right: object, op: str = "==") -> dict:
     return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _network(net: ipaddress.IPv4Network) -> object:
-    if net.prefixlen == 32:
-        return str(net.network_address)
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
 class _Cluster:
@@ -136,9 +129,9 @@ def _peer_exprs(peer: Peer, direction: str, namespace: str, table: _Table,
     if peer.ip_block is not None:
         if peer.ip_block.cidr.version != 4:
             return None
-        exprs = [_match(end, _network(peer.ip_block.cidr))]  # type: ignore[arg-type]
+        exprs = [_match(end, nft.network(peer.ip_block.cidr))]  # type: ignore[arg-type]
         if peer.ip_block.except_:
-            exprs.append(_match(end, {"set": [_network(n) for n in peer.ip_block.except_]},
+            exprs.append(_match(end, {"set": [nft.network(n) for n in peer.ip_block.except_]},
                                 "!="))  # type: ignore[arg-type]
         return exprs
     key = (namespace, peer.pod_selector, peer.namespace_selector)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gingham.policy.evaluate import NamespaceView, PodView
 from gingham.policy.spec import NetworkPolicy, PolicyError, parse_policy
+from gingham.resources.kinds import KINDS
 from gingham.store.contract import KeyValue
 from gingham.workloads.records import (
     Namespace,
@@ -19,10 +20,6 @@ from gingham.workloads.records import (
 )
 
 PODS, NAMESPACES, POLICIES = "pods", "namespaces", "networkpolicies"
-
-
-def policies_prefix(root: str) -> str:
-    return f"{root}/networkpolicies/"
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class PolicyKind:
 
     @property
     def prefix(self) -> str:
-        return policies_prefix(self.root)
+        return KINDS["NetworkPolicy"].folder(self.root)  # where `gingham apply` writes
 
     def decode(self, kv: KeyValue) -> NetworkPolicy:
         try:
